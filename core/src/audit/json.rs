@@ -1,0 +1,149 @@
+//! The `json` format: one JSON object per line.
+//!
+//! Separators follow the tutorial's examples (`", "` and `": "`), so lines
+//! look exactly like the documentation shows them; field order is fixed.
+
+use super::AuditRecord;
+use crate::jsonrpc::write_json_string;
+
+/// Appends `record` as one JSON line.
+pub(super) fn format(record: &AuditRecord, out: &mut Vec<u8>) {
+    let mut obj = ObjectWriter::new(out);
+    obj.string("timestamp", &timestamp(record));
+    obj.string("event_type", record.event_type.as_str());
+    obj.opt_string("method", record.method.as_deref());
+    obj.opt_string("tool", record.tool.as_deref());
+    obj.opt_string("status", record.status);
+    obj.opt_string("request_id", record.request_id.as_deref());
+    if let Some(ms) = record.duration_ms {
+        obj.raw("duration_ms", ms.to_string().as_bytes());
+    }
+    obj.opt_string("plugin", record.plugin.as_deref());
+    obj.opt_string("reason", record.reason.as_deref());
+    if let Some(meta) = &record.plugin_metadata {
+        obj.key("plugin_metadata");
+        write_value(obj.out, meta);
+    }
+    obj.opt_string("server_name", record.server_name.as_deref());
+    obj.string("source", record.source.as_str());
+    if let Some(code) = record.error_code {
+        obj.raw("error_code", code.to_string().as_bytes());
+    }
+    obj.opt_string("error_message", record.error_message.as_deref());
+    if let Some(params) = &record.params {
+        obj.raw("params", params.as_bytes());
+    }
+    obj.finish();
+}
+
+/// ISO 8601 in UTC with milliseconds and a `Z`, e.g. `2024-06-16T10:30:15.123Z`.
+pub(crate) fn timestamp(record: &AuditRecord) -> String {
+    format!("{:.3}", record.timestamp)
+}
+
+struct ObjectWriter<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> ObjectWriter<'o> {
+    fn new(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        ObjectWriter { out, first: true }
+    }
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.extend_from_slice(b", ");
+        }
+        self.first = false;
+        write_json_string(self.out, key);
+        self.out.extend_from_slice(b": ");
+    }
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        write_json_string(self.out, value);
+    }
+    fn opt_string(&mut self, key: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.string(key, value);
+        }
+    }
+    fn raw(&mut self, key: &str, json: &[u8]) {
+        self.key(key);
+        self.out.extend_from_slice(json);
+    }
+    fn finish(self) {
+        self.out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Writes a JSON value with the same separators as the record itself.
+fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            out.push(b'{');
+            for (i, (k, v)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                write_json_string(out, k);
+                out.extend_from_slice(b": ");
+                write_value(out, v);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                write_value(out, v);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{EventType, Source};
+
+    #[test]
+    fn matches_the_tutorial_layout() {
+        let mut record = AuditRecord::new(
+            "2024-06-16T10:30:45Z".parse().unwrap(),
+            EventType::SecurityBlock,
+            Source::Client,
+        );
+        record.method = Some("tools/call".into());
+        record.tool = Some("delete_file".into());
+        record.status = Some("BLOCKED");
+        record.request_id = Some("124".into());
+        record.plugin = Some("tool_allowlist".into());
+        record.reason = Some("Tool 'delete_file' is not in allowlist".into());
+        record.plugin_metadata = Some(serde_json::json!({"mode": "allowlist"}));
+        let mut out = Vec::new();
+        format(&record, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"timestamp\": \"2024-06-16T10:30:45.000Z\", \"event_type\": \"SECURITY_BLOCK\", \"method\": \"tools/call\", \
+             \"tool\": \"delete_file\", \"status\": \"BLOCKED\", \"request_id\": \"124\", \"plugin\": \"tool_allowlist\", \
+             \"reason\": \"Tool 'delete_file' is not in allowlist\", \"plugin_metadata\": {\"mode\": \"allowlist\"}, \
+             \"source\": \"client\"}\n"
+        );
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        let record = AuditRecord::new(
+            "2024-06-16T10:30:15.1234Z".parse().unwrap(),
+            EventType::Request,
+            Source::Client,
+        );
+        assert_eq!(timestamp(&record), "2024-06-16T10:30:15.123Z");
+    }
+}

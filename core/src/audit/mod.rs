@@ -1,0 +1,212 @@
+//! Audit records and the sinks that format them.
+//!
+//! The gateway describes each event once, as an [`AuditRecord`]. Every
+//! configured sink decides whether its mode wants the record, formats it in
+//! its own format and plans rotation; the runtime only appends the bytes.
+
+mod json;
+
+use crate::config::{AuditFormat, AuditMode, FileAuditingConfig};
+use crate::rotation::RotationPlan;
+use jiff::Timestamp;
+
+/// What happened. The names are part of the audit format's public contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventType {
+    /// A request passed the gateway, or was blocked (see `status`).
+    Request,
+    /// A response to a request passed the gateway (or was made by it).
+    Response,
+    /// A notification passed the gateway.
+    Notification,
+    /// A security plugin blocked a message.
+    SecurityBlock,
+    /// A security plugin removed tools from a `tools/list` result.
+    ToolsFiltered,
+    /// A peer sent something that is not a valid JSON-RPC message.
+    ProtocolError,
+    /// The upstream server was started.
+    UpstreamStarted,
+    /// The upstream server exited or closed its output.
+    UpstreamExited,
+}
+
+impl EventType {
+    /// The name written to audit files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Request => "REQUEST",
+            EventType::Response => "RESPONSE",
+            EventType::Notification => "NOTIFICATION",
+            EventType::SecurityBlock => "SECURITY_BLOCK",
+            EventType::ToolsFiltered => "TOOLS_FILTERED",
+            EventType::ProtocolError => "PROTOCOL_ERROR",
+            EventType::UpstreamStarted => "UPSTREAM_STARTED",
+            EventType::UpstreamExited => "UPSTREAM_EXITED",
+        }
+    }
+
+    /// Whether this event is a security decision or a protocol violation,
+    /// the events `mode: security_only` keeps.
+    fn is_security(self) -> bool {
+        matches!(
+            self,
+            EventType::SecurityBlock | EventType::ToolsFiltered | EventType::ProtocolError
+        )
+    }
+}
+
+/// Which peer sent the message a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The MCP client (Claude Desktop, an IDE).
+    Client,
+    /// The upstream MCP server.
+    Server,
+    /// The gateway itself (its own replies and lifecycle events).
+    Gateway,
+}
+
+impl Source {
+    /// The name written to audit files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Server => "server",
+            Source::Gateway => "gateway",
+        }
+    }
+}
+
+/// One audited event, independent of any output format.
+///
+/// Optional fields are left out of formats that can omit them, so `jq`
+/// queries such as `select(.tool)` or `select(.duration_ms)` work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// When the gateway saw the event (the `now` it was given).
+    pub timestamp: Timestamp,
+    /// What happened.
+    pub event_type: EventType,
+    /// Who sent the message.
+    pub source: Source,
+    /// JSON-RPC method of the message (or of the request a response answers).
+    pub method: Option<String>,
+    /// Tool name, for `tools/call` and its response.
+    pub tool: Option<String>,
+    /// `ALLOWED`/`BLOCKED` for requests, `success`/`error` for responses.
+    pub status: Option<&'static str>,
+    /// The JSON-RPC id, as text.
+    pub request_id: Option<String>,
+    /// Milliseconds from forwarding a request to receiving its response.
+    pub duration_ms: Option<u64>,
+    /// The plugin that decided.
+    pub plugin: Option<String>,
+    /// Why it decided so, or what went wrong.
+    pub reason: Option<String>,
+    /// Plugin-specific details (a JSON object with sorted keys).
+    pub plugin_metadata: Option<serde_json::Value>,
+    /// The upstream's configured name.
+    pub server_name: Option<String>,
+    /// The request's parameters as the client sent them (raw JSON text;
+    /// for `tools/call`, the tool's `arguments`).
+    pub params: Option<String>,
+    /// JSON-RPC error code of an error response.
+    pub error_code: Option<i64>,
+    /// JSON-RPC error message of an error response.
+    pub error_message: Option<String>,
+    /// Security checks that ran on a request, as `plugin:DECISION`.
+    pub security_checks: Vec<String>,
+}
+
+impl AuditRecord {
+    /// A record with only the required fields set.
+    pub fn new(timestamp: Timestamp, event_type: EventType, source: Source) -> Self {
+        AuditRecord {
+            timestamp,
+            event_type,
+            source,
+            method: None,
+            tool: None,
+            status: None,
+            request_id: None,
+            duration_ms: None,
+            plugin: None,
+            reason: None,
+            plugin_metadata: None,
+            server_name: None,
+            params: None,
+            error_code: None,
+            error_message: None,
+            security_checks: Vec::new(),
+        }
+    }
+}
+
+/// Identifies one configured audit sink (its index among enabled sinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AuditSinkId(pub usize);
+
+/// Bytes for the runtime to append to one sink's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditWrite {
+    /// Which sink (see [`crate::Gateway::audit_sinks`]).
+    pub sink: AuditSinkId,
+    /// Rotate the file before appending (`audit.log` → `audit.log.1` …).
+    pub rotate_first: bool,
+    /// Whole lines, each ending in `\n`; never split across files.
+    pub bytes: Vec<u8>,
+}
+
+/// A configured `file_auditing` sink as the core sees it: format, mode and
+/// the rotation decision. The path is the runtime's business.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditSink {
+    format: AuditFormat,
+    mode: AuditMode,
+    rotation: RotationPlan,
+}
+
+impl AuditSink {
+    pub(crate) fn new(config: &FileAuditingConfig) -> Self {
+        AuditSink {
+            format: config.format,
+            mode: config.mode,
+            rotation: RotationPlan::new(config.max_file_size_mb.bytes(), config.backup_count),
+        }
+    }
+
+    fn wants(&self, record: &AuditRecord) -> bool {
+        match self.mode {
+            AuditMode::All => true,
+            AuditMode::SecurityOnly => {
+                record.event_type.is_security() || record.status == Some("BLOCKED")
+            }
+            AuditMode::OperationsOnly => !record.event_type.is_security(),
+        }
+    }
+
+    /// The runtime opened the file, which already holds `existing_bytes`.
+    pub(crate) fn opened(&mut self, existing_bytes: u64) {
+        self.rotation.opened(existing_bytes);
+    }
+
+    /// Formats `record` if this sink's mode wants it.
+    pub(crate) fn write(&mut self, id: AuditSinkId, record: &AuditRecord) -> Option<AuditWrite> {
+        if !self.wants(record) {
+            return None;
+        }
+        let mut line = Vec::with_capacity(256);
+        match self.format {
+            AuditFormat::Json | AuditFormat::Line | AuditFormat::Debug | AuditFormat::Csv => {
+                json::format(record, &mut line)
+            }
+        }
+        let rotate_first = self.rotation.plan(line.len() as u64);
+        Some(AuditWrite {
+            sink: id,
+            rotate_first,
+            bytes: line,
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! Newline framing with a hard bound on line length.
+//!
+//! MCP's stdio transport carries one JSON-RPC message per line. Peers may hand
+//! us bytes in any chunking, so the framer keeps the unfinished tail of a line
+//! between calls. A peer must not be able to grow that tail without limit:
+//! once a line passes `max_line_bytes` the framer stops buffering it, keeps
+//! only a short prefix (enough to read the request id out of it) and
+//! discards the rest up to the next newline.
+
+use std::ops::Range;
+
+/// How many leading bytes of an over-long line are kept so that the gateway
+/// can still answer the request it started (the id is usually near the front).
+pub(crate) const OVERLONG_PREFIX_BYTES: usize = 4096;
+
+/// One complete frame taken out of the byte stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Frame<'a> {
+    /// A complete line, without its `\n` (and without a trailing `\r`).
+    Line(&'a [u8]),
+    /// A line that exceeded the bound. Only its first bytes are kept.
+    Overlong {
+        /// The first bytes of the line (at most [`OVERLONG_PREFIX_BYTES`]).
+        prefix: &'a [u8],
+        /// The full length the line had, including the discarded part.
+        total_len: u64,
+    },
+}
+
+/// Splits a byte stream into lines, enforcing the line-length bound.
+///
+/// Usage: [`LineFramer::push`] some bytes, then call [`LineFramer::next_frame`]
+/// until it returns `None`, then push more. Bytes handed to `push` are consumed
+/// lazily, so a frame borrows either the pushed chunk or the internal buffer.
+#[derive(Debug)]
+pub(crate) struct LineFramer {
+    max_line_bytes: usize,
+    /// Bytes of the current, unfinished line.
+    partial: Vec<u8>,
+    /// Set while discarding the remainder of an over-long line.
+    discarding: Option<u64>,
+    /// Bytes pushed but not yet framed.
+    pending: Vec<u8>,
+    /// Start of the unframed part of `pending`.
+    pending_start: usize,
+    /// Scratch space holding the last frame handed out.
+    frame: Vec<u8>,
+}
+
+impl LineFramer {
+    pub(crate) fn new(max_line_bytes: usize) -> Self {
+        Self {
+            max_line_bytes: max_line_bytes.max(1),
+            partial: Vec::new(),
+            discarding: None,
+            pending: Vec::new(),
+            pending_start: 0,
+            frame: Vec::new(),
+        }
+    }
+
+    /// Appends bytes read from the peer.
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        if self.pending_start == self.pending.len() {
+            self.pending.clear();
+            self.pending_start = 0;
+        }
+        self.pending.extend_from_slice(bytes);
+    }
+
+    /// True when bytes of an unfinished line are held (used at EOF to report
+    /// a truncated last message).
+    pub(crate) fn has_partial_line(&self) -> bool {
+        !self.partial.is_empty()
+            || self.discarding.is_some()
+            || self.pending_start < self.pending.len()
+    }
+
+    /// Takes the unfinished last line at end of stream, if any. A peer that
+    /// closes its output without a final newline still had its message read:
+    /// MCP peers normally end every line, but a lost newline must not lose a
+    /// request.
+    pub(crate) fn finish(&mut self) -> Option<Frame<'_>> {
+        let rest: Range<usize> = self.pending_start..self.pending.len();
+        self.pending_start = self.pending.len();
+        if let Some(total) = self.discarding.take() {
+            let total_len = total + rest.len() as u64;
+            self.frame.clear();
+            self.frame.append(&mut self.partial);
+            return Some(Frame::Overlong {
+                prefix: &self.frame,
+                total_len,
+            });
+        }
+        self.partial.extend_from_slice(&self.pending[rest]);
+        if self.partial.is_empty() {
+            return None;
+        }
+        self.frame.clear();
+        std::mem::swap(&mut self.frame, &mut self.partial);
+        if self.frame.len() > self.max_line_bytes {
+            let total_len = self.frame.len() as u64;
+            self.frame.truncate(OVERLONG_PREFIX_BYTES);
+            return Some(Frame::Overlong {
+                prefix: &self.frame,
+                total_len,
+            });
+        }
+        trim_cr(&mut self.frame);
+        Some(Frame::Line(&self.frame))
+    }
+
+    /// Returns the next complete frame, or `None` when more bytes are needed.
+    pub(crate) fn next_frame(&mut self) -> Option<Frame<'_>> {
+        loop {
+            let unframed = &self.pending[self.pending_start..];
+            if unframed.is_empty() {
+                return None;
+            }
+            let newline = memchr_newline(unframed);
+            match (self.discarding, newline) {
+                (Some(seen), Some(pos)) => {
+                    let start = self.pending_start;
+                    self.keep_prefix(start, pos);
+                    self.pending_start += pos + 1;
+                    self.discarding = None;
+                    self.frame.clear();
+                    self.frame.append(&mut self.partial);
+                    return Some(Frame::Overlong {
+                        prefix: &self.frame,
+                        total_len: seen + pos as u64,
+                    });
+                }
+                (Some(seen), None) => {
+                    let len = unframed.len();
+                    self.keep_prefix(self.pending_start, len);
+                    self.discarding = Some(seen + len as u64);
+                    self.pending_start = self.pending.len();
+                    return None;
+                }
+                (None, Some(pos)) => {
+                    let start = self.pending_start;
+                    self.pending_start += pos + 1;
+                    let line_len = self.partial.len() + pos;
+                    if line_len > self.max_line_bytes {
+                        let keep = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
+                        let take = keep.min(pos);
+                        self.partial
+                            .extend_from_slice(&self.pending[start..start + take]);
+                        self.frame.clear();
+                        self.frame.append(&mut self.partial);
+                        return Some(Frame::Overlong {
+                            prefix: &self.frame,
+                            total_len: line_len as u64,
+                        });
+                    }
+                    if self.partial.is_empty() {
+                        let mut end = start + pos;
+                        if end > start && self.pending[end - 1] == b'\r' {
+                            end -= 1;
+                        }
+                        if end == start {
+                            continue; // blank line: ignored
+                        }
+                        return Some(Frame::Line(&self.pending[start..end]));
+                    }
+                    self.partial
+                        .extend_from_slice(&self.pending[start..start + pos]);
+                    self.frame.clear();
+                    std::mem::swap(&mut self.frame, &mut self.partial);
+                    trim_cr(&mut self.frame);
+                    if self.frame.is_empty() {
+                        continue;
+                    }
+                    return Some(Frame::Line(&self.frame));
+                }
+                (None, None) => {
+                    let line_len = self.partial.len() + unframed.len();
+                    if line_len > self.max_line_bytes {
+                        let keep = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
+                        let take = keep.min(unframed.len());
+                        self.partial.extend_from_slice(&unframed[..take]);
+                        self.partial.truncate(OVERLONG_PREFIX_BYTES);
+                        self.discarding = Some(line_len as u64);
+                    } else {
+                        self.partial.extend_from_slice(unframed);
+                    }
+                    self.pending_start = self.pending.len();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl LineFramer {
+    /// Adds `pending[start..start + len]` to the kept prefix of an over-long
+    /// line, up to [`OVERLONG_PREFIX_BYTES`].
+    fn keep_prefix(&mut self, start: usize, len: usize) {
+        let room = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
+        let take = room.min(len);
+        self.partial
+            .extend_from_slice(&self.pending[start..start + take]);
+    }
+}
+
+fn trim_cr(line: &mut Vec<u8>) {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Owned {
+        Line(Vec<u8>),
+        Overlong(Vec<u8>, u64),
+    }
+
+    fn drain(framer: &mut LineFramer, out: &mut Vec<Owned>) {
+        while let Some(frame) = framer.next_frame() {
+            out.push(match frame {
+                Frame::Line(l) => Owned::Line(l.to_vec()),
+                Frame::Overlong { prefix, total_len } => {
+                    Owned::Overlong(prefix.to_vec(), total_len)
+                }
+            });
+        }
+    }
+
+    fn frames_in_chunks(input: &[u8], chunk: usize, max: usize) -> Vec<Owned> {
+        let mut framer = LineFramer::new(max);
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            framer.push(piece);
+            drain(&mut framer, &mut out);
+        }
+        if let Some(frame) = framer.finish() {
+            out.push(match frame {
+                Frame::Line(l) => Owned::Line(l.to_vec()),
+                Frame::Overlong { prefix, total_len } => {
+                    Owned::Overlong(prefix.to_vec(), total_len)
+                }
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn splits_lines_and_ignores_blank_ones_and_trailing_cr() {
+        let got = frames_in_chunks(b"a\r\n\n\r\nbc\nd", 100, 100);
+        assert_eq!(
+            got,
+            vec![
+                Owned::Line(b"a".to_vec()),
+                Owned::Line(b"bc".to_vec()),
+                Owned::Line(b"d".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn every_chunking_gives_the_same_frames() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"{\"id\":1}\r\n\n");
+        input.extend_from_slice(&[b'x'; 300]);
+        input.extend_from_slice(b"\nshort\n");
+        input.extend_from_slice(&[b'y'; 5000]);
+        input.extend_from_slice(b"\n\xff\xfe\nlast");
+        let whole = frames_in_chunks(&input, input.len(), 200);
+        assert_eq!(whole.len(), 6, "{whole:?}");
+        assert_eq!(whole[1], Owned::Overlong(vec![b'x'; 300], 300));
+        assert_eq!(
+            whole[3],
+            Owned::Overlong(vec![b'y'; OVERLONG_PREFIX_BYTES], 5000)
+        );
+        for chunk in 1..=input.len() {
+            let got = frames_in_chunks(&input, chunk, 200);
+            assert!(got == whole, "chunk size {chunk} gives different frames");
+        }
+    }
+
+    #[test]
+    fn line_exactly_at_the_bound_is_kept() {
+        let mut input = vec![b'z'; 64];
+        input.push(b'\n');
+        assert_eq!(
+            frames_in_chunks(&input, 7, 64),
+            vec![Owned::Line(vec![b'z'; 64])]
+        );
+        input.insert(0, b'z');
+        assert_eq!(
+            frames_in_chunks(&input, 7, 64),
+            vec![Owned::Overlong(vec![b'z'; 65], 65)]
+        );
+    }
+
+    #[test]
+    fn discarding_never_buffers_the_whole_line() {
+        let mut framer = LineFramer::new(10);
+        for _ in 0..1000 {
+            framer.push(&[b'q'; 1000]);
+            assert!(framer.next_frame().is_none());
+            assert!(framer.partial.len() <= OVERLONG_PREFIX_BYTES);
+        }
+        framer.push(b"\nok\n");
+        assert!(matches!(
+            framer.next_frame(),
+            Some(Frame::Overlong {
+                total_len: 1_000_000,
+                ..
+            })
+        ));
+        assert_eq!(framer.next_frame(), Some(Frame::Line(b"ok")));
+    }
+}

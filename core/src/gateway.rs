@@ -1,0 +1,1094 @@
+//! The `Gateway` state machine: bytes and timestamps in, actions out.
+
+use crate::audit::{AuditRecord, AuditSink, AuditSinkId, AuditWrite, EventType, Source};
+use crate::config::{AuditingPlugin, Config, FileAuditingConfig, Limits, SecurityPlugin};
+use crate::framing::{Frame, LineFramer};
+use crate::jsonrpc::{self, error_response, parse_message, Message, Outcome, Rejection, RequestId};
+use crate::policy::{CallDecision, SecurityPolicies, ToolAllowlist};
+use crate::tools_filter::filter_tools_list;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, VecDeque};
+
+/// How long the upstream gets after its stdin is closed before SIGTERM, and
+/// after SIGTERM before SIGKILL.
+const SHUTDOWN_GRACE: SignedDuration = SignedDuration::from_secs(2);
+/// How long to wait, once the upstream process has exited, for the last
+/// bytes of its stdout (which a reader thread may still be delivering).
+const EXIT_DRAIN: SignedDuration = SignedDuration::from_millis(500);
+
+/// Something that happened, handed to [`Gateway::handle_input`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// Bytes read from the client (any chunking).
+    ClientBytes(&'a [u8]),
+    /// The client closed its end (stdin EOF).
+    ClientEof,
+    /// The upstream server was started.
+    UpstreamStarted {
+        /// Its process id (for the audit trail).
+        pid: u32,
+    },
+    /// The upstream could not be started; `reason` says why, for the user.
+    UpstreamFailedToStart {
+        /// Human-readable cause, e.g. `command not found: npx`.
+        reason: &'a str,
+    },
+    /// Bytes read from the upstream's stdout (any chunking).
+    UpstreamBytes(&'a [u8]),
+    /// The upstream closed its stdout.
+    UpstreamEof,
+    /// The upstream process exited.
+    UpstreamExited(ExitStatus),
+    /// The runtime opened (or reopened) an audit file that already holds
+    /// `existing_bytes`; the rotation plan counts from there.
+    AuditFileOpened {
+        /// Which sink.
+        sink: AuditSinkId,
+        /// The file's size when opened.
+        existing_bytes: u64,
+    },
+    /// The deadline from [`Output::Wait`] has passed (early calls are harmless).
+    Timeout,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// A signal for the upstream's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamSignal {
+    /// Ask it to stop.
+    Terminate,
+    /// Make it stop.
+    Kill,
+}
+
+/// What the runtime must do next, from [`Gateway::poll_output`].
+///
+/// Outputs must be carried out in the order they are returned: an audit
+/// record always comes before the message it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write these bytes (whole lines) to the client.
+    ToClient(Vec<u8>),
+    /// Write these bytes (whole lines) to the upstream's stdin.
+    ToUpstream(Vec<u8>),
+    /// Append to an audit file (rotating first if asked).
+    Audit(AuditWrite),
+    /// Close the upstream's stdin: the polite way to ask an MCP server to stop.
+    CloseUpstreamInput,
+    /// Send a signal to the upstream's process group.
+    SignalUpstream(UpstreamSignal),
+    /// Flush the audit files, make sure the upstream's process group is gone
+    /// and exit the process with this code.
+    Exit(i32),
+    /// Nothing more to do until new input or until this deadline passes
+    /// (then send [`Input::Timeout`]). `None`: no deadline, just wait for I/O.
+    Wait(Option<Timestamp>),
+}
+
+/// A request waiting for its response.
+#[derive(Debug, Clone)]
+struct Pending {
+    method: String,
+    tool: Option<String>,
+    forwarded_at: Timestamp,
+}
+
+/// Where the upstream stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UpstreamState {
+    /// Not started yet, or running.
+    Running,
+    /// Its process exited, but its stdout is still open.
+    ExitedDraining { status: ExitStatus },
+    /// No more messages can come from it. `status` is known once it exited.
+    Gone {
+        status: Option<ExitStatus>,
+        reason: String,
+    },
+}
+
+/// Where the shutdown sequence stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// Not shutting down.
+    No,
+    /// Upstream stdin closed; SIGTERM at the deadline.
+    InputClosed,
+    /// SIGTERM sent; SIGKILL at the deadline.
+    Terminated,
+    /// SIGKILL sent; exit at the deadline even if no exit is reported.
+    Killed,
+}
+
+/// Counters for things that are logged rather than answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayStats {
+    /// Lines from the upstream that were not valid JSON-RPC.
+    pub upstream_invalid_lines: u64,
+    /// Lines from the client that were rejected.
+    pub client_invalid_lines: u64,
+    /// Requests blocked by a security policy.
+    pub blocked_requests: u64,
+}
+
+/// The sans-IO MCP gateway.
+///
+/// Feed it with [`handle_input`](Self::handle_input), then call
+/// [`poll_output`](Self::poll_output) until it returns [`Output::Wait`].
+#[derive(Debug)]
+pub struct Gateway {
+    limits: Limits,
+    server_name: Option<String>,
+    policies: SecurityPolicies,
+    sinks: Vec<AuditSink>,
+    client_framer: LineFramer,
+    upstream_framer: LineFramer,
+    /// Client requests forwarded to the upstream, by id.
+    client_requests: BTreeMap<RequestId, Pending>,
+    /// Upstream requests forwarded to the client, by id (a separate id space).
+    server_requests: BTreeMap<RequestId, Pending>,
+    upstream: UpstreamState,
+    client_open: bool,
+    shutdown: Shutdown,
+    deadline: Option<Timestamp>,
+    exit_code: Option<i32>,
+    exited: bool,
+    /// Set when the upstream failed to start: every request gets this reason.
+    startup_failure: Option<String>,
+    outputs: VecDeque<Output>,
+    stats: GatewayStats,
+}
+
+impl Gateway {
+    /// Builds a gateway for `config`. Disabled plugins are left out.
+    pub fn new(config: &Config) -> Self {
+        let mut allowlists = Vec::new();
+        for entry in config.plugins.security.iter().filter(|e| e.enabled) {
+            match &entry.plugin {
+                SecurityPlugin::ToolAllowlist(cfg) => allowlists.push(ToolAllowlist::new(cfg)),
+            }
+        }
+        let sinks = audit_sinks(config)
+            .map(|(_, cfg)| AuditSink::new(cfg))
+            .collect();
+        let max = config.proxy.limits.max_message_bytes;
+        Gateway {
+            limits: config.proxy.limits,
+            server_name: config.proxy.upstream.name.clone(),
+            policies: SecurityPolicies::new(allowlists),
+            sinks,
+            client_framer: LineFramer::new(max),
+            upstream_framer: LineFramer::new(max),
+            client_requests: BTreeMap::new(),
+            server_requests: BTreeMap::new(),
+            upstream: UpstreamState::Running,
+            client_open: true,
+            shutdown: Shutdown::No,
+            deadline: None,
+            exit_code: None,
+            exited: false,
+            startup_failure: None,
+            outputs: VecDeque::new(),
+            stats: GatewayStats::default(),
+        }
+    }
+
+    /// Counters of rejected and blocked traffic.
+    pub fn stats(&self) -> GatewayStats {
+        self.stats
+    }
+
+    /// Number of client requests waiting for the upstream.
+    pub fn in_flight(&self) -> usize {
+        self.client_requests.len()
+    }
+
+    /// Feeds one input. Call [`poll_output`](Self::poll_output) until it
+    /// returns [`Output::Wait`] before the next input.
+    pub fn handle_input(&mut self, input: Input<'_>, now: Timestamp) {
+        if self.exited {
+            return;
+        }
+        match input {
+            Input::ClientBytes(bytes) => {
+                if !self.client_open {
+                    return;
+                }
+                self.client_framer.push(bytes);
+                while let Some(frame) = self.client_framer.next_frame() {
+                    let frame = own_frame(frame);
+                    self.on_client_frame(frame, now);
+                }
+            }
+            Input::ClientEof => self.on_client_eof(now),
+            Input::UpstreamStarted { pid } => {
+                let mut record = self.record(now, EventType::UpstreamStarted, Source::Gateway);
+                record.reason = Some(format!("upstream server started (pid {pid})"));
+                self.audit(record);
+            }
+            Input::UpstreamFailedToStart { reason } => {
+                self.on_upstream_failed_to_start(reason, now)
+            }
+            Input::UpstreamBytes(bytes) => {
+                if matches!(self.upstream, UpstreamState::Gone { .. }) {
+                    return;
+                }
+                self.upstream_framer.push(bytes);
+                while let Some(frame) = self.upstream_framer.next_frame() {
+                    let frame = own_frame(frame);
+                    self.on_upstream_frame(frame, now);
+                }
+            }
+            Input::UpstreamEof => self.on_upstream_eof(now),
+            Input::UpstreamExited(status) => self.on_upstream_exited(status, now),
+            Input::AuditFileOpened {
+                sink,
+                existing_bytes,
+            } => {
+                if let Some(s) = self.sinks.get_mut(sink.0) {
+                    s.opened(existing_bytes);
+                }
+            }
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    /// Returns the next action, or [`Output::Wait`] when there is none.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(out) = self.outputs.pop_front() {
+            return out;
+        }
+        Output::Wait(if self.exited { None } else { self.deadline })
+    }
+
+    // ----- client side -----
+
+    fn on_client_frame(&mut self, frame: OwnedFrame, now: Timestamp) {
+        let line = match frame {
+            OwnedFrame::Line(line) => line,
+            OwnedFrame::Overlong { prefix, total_len } => {
+                self.stats.client_invalid_lines += 1;
+                let id = jsonrpc::sniff_id(&prefix);
+                let reason = format!(
+                    "message of {total_len} bytes exceeds the limit of {} bytes (proxy.limits.max_message_bytes)",
+                    self.limits.max_message_bytes
+                );
+                self.protocol_error(Source::Client, id.as_ref(), None, &reason, now);
+                self.outputs.push_back(Output::ToClient(error_response(
+                    id.as_ref(),
+                    jsonrpc::LIMIT_EXCEEDED,
+                    &reason,
+                    None,
+                )));
+                return;
+            }
+        };
+        log::debug!(target: "gatekit.proxy.server", "client → gateway: {}", String::from_utf8_lossy(&line));
+        match parse_message(&line) {
+            Err(rejection) => self.reject_client_line(rejection, now),
+            Ok(Message::Request { id, method, params }) => {
+                self.on_client_request(&line, id, method, params, now)
+            }
+            Ok(Message::Notification { method, params }) => {
+                self.on_client_notification(&line, method, params, now)
+            }
+            Ok(Message::Response { id, outcome, .. }) => {
+                self.on_client_response(&line, id, outcome, now)
+            }
+        }
+    }
+
+    fn reject_client_line(&mut self, rejection: Rejection, now: Timestamp) {
+        self.stats.client_invalid_lines += 1;
+        self.protocol_error(
+            Source::Client,
+            rejection.id.as_ref(),
+            rejection.method.clone(),
+            &rejection.reason,
+            now,
+        );
+        if rejection.expects_reply {
+            let reply = error_response(
+                rejection.id.as_ref(),
+                rejection.code,
+                &rejection.reason,
+                None,
+            );
+            self.outputs.push_back(Output::ToClient(reply));
+        }
+    }
+
+    fn on_client_request(
+        &mut self,
+        line: &[u8],
+        id: RequestId,
+        method: String,
+        params: Option<&RawValue>,
+        now: Timestamp,
+    ) {
+        let tool = (method == "tools/call").then(|| tool_name(params));
+        let mut record = self.record(now, EventType::Request, Source::Client);
+        record.method = Some(method.clone());
+        record.request_id = Some(id.to_string());
+        record.tool = tool.as_ref().and_then(|t| t.as_ref().ok().cloned());
+        record.params = request_params(&method, params);
+
+        if let Some(reason) = self.unavailable_reason() {
+            record.status = Some("ERROR");
+            record.reason = Some(reason.clone());
+            self.audit(record);
+            self.reply_error(
+                &id,
+                &method,
+                None,
+                jsonrpc::UPSTREAM_UNAVAILABLE,
+                &reason,
+                now,
+            );
+            if self.startup_failure.is_some() {
+                self.begin_exit(1);
+            }
+            return;
+        }
+        if self.client_requests.contains_key(&id) {
+            let reason = format!("request id {id} is already in flight; ids must be unique");
+            self.stats.client_invalid_lines += 1;
+            self.protocol_error(Source::Client, Some(&id), Some(method), &reason, now);
+            self.outputs.push_back(Output::ToClient(error_response(
+                Some(&id),
+                jsonrpc::INVALID_REQUEST,
+                &reason,
+                None,
+            )));
+            return;
+        }
+        if self.client_requests.len() >= self.limits.max_in_flight_requests {
+            let reason = format!(
+                "too many requests in flight (limit {}, proxy.limits.max_in_flight_requests)",
+                self.limits.max_in_flight_requests
+            );
+            record.status = Some("ERROR");
+            record.reason = Some(reason.clone());
+            self.audit(record);
+            self.reply_error(&id, &method, None, jsonrpc::LIMIT_EXCEEDED, &reason, now);
+            return;
+        }
+        if let Some(tool) = &tool {
+            if !self.policies.is_empty() {
+                match self
+                    .policies
+                    .decide_call(tool.as_deref().map_err(|e| e.as_str()))
+                {
+                    CallDecision::Allowed { checks, plugin } => {
+                        record.plugin = plugin.map(str::to_owned);
+                        record.reason = Some("Request approved".to_owned());
+                        record.security_checks = checks;
+                    }
+                    CallDecision::Blocked {
+                        plugin,
+                        reason,
+                        block_message,
+                        metadata,
+                        checks,
+                    } => {
+                        self.stats.blocked_requests += 1;
+                        record.status = Some("BLOCKED");
+                        record.plugin = Some(plugin.to_owned());
+                        record.reason = Some(reason.clone());
+                        record.security_checks = checks;
+                        let mut block = record.clone();
+                        block.event_type = EventType::SecurityBlock;
+                        block.plugin_metadata = Some(metadata);
+                        block.params = None;
+                        self.audit(record);
+                        self.audit(block);
+                        let tool_name = tool.as_ref().ok().cloned();
+                        self.reply_error(
+                            &id,
+                            &method,
+                            tool_name,
+                            jsonrpc::POLICY_BLOCKED,
+                            &block_message,
+                            now,
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        record.status = Some("ALLOWED");
+        self.audit(record);
+        let pending = Pending {
+            method,
+            tool: tool.and_then(Result::ok),
+            forwarded_at: now,
+        };
+        self.client_requests.insert(id, pending);
+        self.outputs
+            .push_back(Output::ToUpstream(with_newline(line)));
+    }
+
+    fn on_client_notification(
+        &mut self,
+        line: &[u8],
+        method: String,
+        params: Option<&RawValue>,
+        now: Timestamp,
+    ) {
+        let mut record = self.record(now, EventType::Notification, Source::Client);
+        if method == "tools/call" && !self.policies.is_empty() {
+            // Not a valid MCP message, but a server might still run it: judge
+            // it like a request. It has no id, so a block cannot be answered.
+            let tool = tool_name(params);
+            if let CallDecision::Blocked {
+                plugin,
+                reason,
+                metadata,
+                checks,
+                ..
+            } = self
+                .policies
+                .decide_call(tool.as_deref().map_err(|e| e.as_str()))
+            {
+                self.stats.blocked_requests += 1;
+                let mut block = self.record(now, EventType::SecurityBlock, Source::Client);
+                block.method = Some(method);
+                block.tool = tool.ok();
+                block.status = Some("BLOCKED");
+                block.plugin = Some(plugin.to_owned());
+                block.reason = Some(reason);
+                block.plugin_metadata = Some(metadata);
+                block.security_checks = checks;
+                self.audit(block);
+                return;
+            }
+            record.tool = tool.ok();
+        }
+        if self.unavailable_reason().is_some() {
+            return;
+        }
+        record.method = Some(method);
+        self.audit(record);
+        self.outputs
+            .push_back(Output::ToUpstream(with_newline(line)));
+    }
+
+    fn on_client_response(&mut self, line: &[u8], id: RequestId, outcome: Outcome, now: Timestamp) {
+        let Some(pending) = self.server_requests.remove(&id) else {
+            self.stats.client_invalid_lines += 1;
+            let reason = format!("response to unknown request id {id}; dropped");
+            self.protocol_error(Source::Client, Some(&id), None, &reason, now);
+            return;
+        };
+        let record = self.response_record(now, Source::Client, &id, &pending, &outcome);
+        self.audit(record);
+        if self.unavailable_reason().is_none() {
+            self.outputs
+                .push_back(Output::ToUpstream(with_newline(line)));
+        }
+    }
+
+    fn on_client_eof(&mut self, now: Timestamp) {
+        if !self.client_open {
+            return;
+        }
+        self.client_open = false;
+        if let Some(frame) = self.client_framer.finish() {
+            let frame = own_frame(frame);
+            self.client_open = true; // still handle the last, unterminated line
+            self.on_client_frame(frame, now);
+            self.client_open = false;
+        }
+        if self.startup_failure.is_some() {
+            self.begin_exit(1);
+            return;
+        }
+        match self.upstream {
+            UpstreamState::Gone {
+                status: Some(_), ..
+            } => self.begin_exit(0),
+            _ => {
+                self.exit_code.get_or_insert(0);
+                self.start_shutdown(now);
+            }
+        }
+    }
+
+    // ----- upstream side -----
+
+    fn on_upstream_frame(&mut self, frame: OwnedFrame, now: Timestamp) {
+        let line = match frame {
+            OwnedFrame::Line(line) => line,
+            OwnedFrame::Overlong { prefix, total_len } => {
+                self.stats.upstream_invalid_lines += 1;
+                let id = jsonrpc::sniff_id(&prefix);
+                let reason = format!(
+                    "upstream message of {total_len} bytes exceeds the limit of {} bytes (proxy.limits.max_message_bytes)",
+                    self.limits.max_message_bytes
+                );
+                log::warn!(target: "gatekit.proxy.server", "{reason}; dropped");
+                self.protocol_error(Source::Server, id.as_ref(), None, &reason, now);
+                if let Some(id) = id {
+                    self.fail_client_request(&id, jsonrpc::LIMIT_EXCEEDED, &reason, now);
+                }
+                return;
+            }
+        };
+        log::debug!(target: "gatekit.proxy.server", "upstream → gateway: {}", String::from_utf8_lossy(&line));
+        match parse_message(&line) {
+            Err(rejection) => {
+                self.stats.upstream_invalid_lines += 1;
+                log::warn!(
+                    target: "gatekit.proxy.server",
+                    "ignoring invalid line from the upstream server ({}): {}",
+                    rejection.reason,
+                    truncate_for_log(&line)
+                );
+                self.protocol_error(
+                    Source::Server,
+                    rejection.id.as_ref(),
+                    rejection.method,
+                    &rejection.reason,
+                    now,
+                );
+                if let Some(id) = rejection.id {
+                    let reason = format!(
+                        "the upstream server sent an invalid response: {}",
+                        rejection.reason
+                    );
+                    self.fail_client_request(&id, jsonrpc::UPSTREAM_INVALID_RESPONSE, &reason, now);
+                }
+            }
+            Ok(Message::Request { id, method, params }) => {
+                self.on_server_request(&line, id, method, params, now)
+            }
+            Ok(Message::Notification { method, .. }) => {
+                let mut record = self.record(now, EventType::Notification, Source::Server);
+                record.method = Some(method);
+                self.audit(record);
+                self.to_client(with_newline(&line));
+            }
+            Ok(Message::Response { id, outcome, .. }) => {
+                self.on_server_response(&line, id, outcome, now)
+            }
+        }
+    }
+
+    fn on_server_request(
+        &mut self,
+        line: &[u8],
+        id: RequestId,
+        method: String,
+        params: Option<&RawValue>,
+        now: Timestamp,
+    ) {
+        let problem = if self.server_requests.contains_key(&id) {
+            Some((
+                jsonrpc::INVALID_REQUEST,
+                format!("request id {id} is already in flight; ids must be unique"),
+            ))
+        } else if self.server_requests.len() >= self.limits.max_in_flight_requests {
+            Some((
+                jsonrpc::LIMIT_EXCEEDED,
+                format!(
+                    "too many server requests in flight (limit {})",
+                    self.limits.max_in_flight_requests
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, reason)) = problem {
+            self.stats.upstream_invalid_lines += 1;
+            self.protocol_error(Source::Server, Some(&id), Some(method), &reason, now);
+            self.outputs.push_back(Output::ToUpstream(error_response(
+                Some(&id),
+                code,
+                &reason,
+                None,
+            )));
+            return;
+        }
+        let mut record = self.record(now, EventType::Request, Source::Server);
+        record.method = Some(method.clone());
+        record.request_id = Some(id.to_string());
+        record.status = Some("ALLOWED");
+        record.params = request_params(&method, params);
+        self.audit(record);
+        if !self.client_open {
+            // Nobody can answer: tell the server rather than leave it waiting.
+            let reason = "the client has disconnected";
+            self.outputs.push_back(Output::ToUpstream(error_response(
+                Some(&id),
+                jsonrpc::UPSTREAM_UNAVAILABLE,
+                reason,
+                None,
+            )));
+            return;
+        }
+        self.server_requests.insert(
+            id,
+            Pending {
+                method,
+                tool: None,
+                forwarded_at: now,
+            },
+        );
+        self.to_client(with_newline(line));
+    }
+
+    fn on_server_response(&mut self, line: &[u8], id: RequestId, outcome: Outcome, now: Timestamp) {
+        let Some(pending) = self.client_requests.remove(&id) else {
+            self.stats.upstream_invalid_lines += 1;
+            let reason = format!("response to unknown request id {id}; dropped");
+            log::warn!(target: "gatekit.proxy.server", "upstream sent a {reason}");
+            self.protocol_error(Source::Server, Some(&id), None, &reason, now);
+            return;
+        };
+        let mut forwarded: Option<Vec<u8>> = None;
+        if pending.method == "tools/list"
+            && outcome == Outcome::Success
+            && !self.policies.is_empty()
+        {
+            // The line was validated as UTF-8 by the parser.
+            let text = std::str::from_utf8(line).expect("parsed lines are UTF-8");
+            if let Some(filtered) = filter_tools_list(text, |name| self.policies.permits_tool(name))
+            {
+                let mut record = self.record(now, EventType::ToolsFiltered, Source::Server);
+                record.method = Some(pending.method.clone());
+                record.request_id = Some(id.to_string());
+                record.plugin = Some(crate::policy::TOOL_ALLOWLIST.to_owned());
+                record.reason = Some(format!(
+                    "Filtered {} tools from response",
+                    filtered.removed.len()
+                ));
+                record.plugin_metadata = Some(serde_json::json!({
+                    "filtered_count": filtered.removed.len(),
+                    "filtered_tools": filtered.removed,
+                }));
+                self.audit(record);
+                forwarded = Some(filtered.line);
+            }
+        }
+        let record = self.response_record(now, Source::Server, &id, &pending, &outcome);
+        self.audit(record);
+        self.to_client(forwarded.unwrap_or_else(|| with_newline(line)));
+    }
+
+    fn on_upstream_failed_to_start(&mut self, reason: &str, now: Timestamp) {
+        let message = format!("Gatekit could not start the upstream MCP server: {reason}");
+        log::error!(target: "gatekit.proxy.server", "{message}");
+        let mut record = self.record(now, EventType::UpstreamExited, Source::Gateway);
+        record.status = Some("error");
+        record.reason = Some(message.clone());
+        self.audit(record);
+        self.upstream = UpstreamState::Gone {
+            status: None,
+            reason: message.clone(),
+        };
+        self.startup_failure = Some(message);
+        if !self.client_open {
+            self.begin_exit(1);
+        }
+    }
+
+    fn on_upstream_eof(&mut self, now: Timestamp) {
+        if let Some(frame) = self.upstream_framer.finish() {
+            let frame = own_frame(frame);
+            self.on_upstream_frame(frame, now);
+        }
+        match self.upstream.clone() {
+            UpstreamState::Running => {
+                self.upstream_gone(None, "the upstream server closed its output", now);
+                // The process may still run: stop it.
+                self.start_shutdown(now);
+            }
+            UpstreamState::ExitedDraining { status } => {
+                self.upstream_gone(
+                    Some(status),
+                    &format!("the upstream server exited ({status})"),
+                    now,
+                );
+                self.finish_after_exit();
+            }
+            UpstreamState::Gone { .. } => {}
+        }
+    }
+
+    fn on_upstream_exited(&mut self, status: ExitStatus, now: Timestamp) {
+        match self.upstream.clone() {
+            UpstreamState::Running => {
+                // Its last bytes may still be on their way from the reader.
+                self.upstream = UpstreamState::ExitedDraining { status };
+                self.deadline = Some(after(now, EXIT_DRAIN));
+            }
+            UpstreamState::Gone {
+                status: None,
+                reason,
+            } => {
+                self.upstream = UpstreamState::Gone {
+                    status: Some(status),
+                    reason,
+                };
+                self.audit_upstream_exit(status, now);
+                self.finish_after_exit();
+            }
+            UpstreamState::ExitedDraining { .. }
+            | UpstreamState::Gone {
+                status: Some(_), ..
+            } => {}
+        }
+    }
+
+    /// The upstream process has exited and its output is drained.
+    fn finish_after_exit(&mut self) {
+        if self.startup_failure.is_some() {
+            return;
+        }
+        if self.client_open {
+            // The server went away under a connected client.
+            self.begin_exit(1);
+        } else {
+            self.begin_exit(self.exit_code.unwrap_or(0));
+        }
+    }
+
+    fn audit_upstream_exit(&mut self, status: ExitStatus, now: Timestamp) {
+        let mut record = self.record(now, EventType::UpstreamExited, Source::Gateway);
+        record.status = Some(if status == ExitStatus::Code(0) {
+            "success"
+        } else {
+            "error"
+        });
+        record.reason = Some(format!("the upstream server exited ({status})"));
+        self.audit(record);
+    }
+
+    /// No more messages can come from the upstream: answer everything that
+    /// waits for it.
+    fn upstream_gone(&mut self, status: Option<ExitStatus>, reason: &str, now: Timestamp) {
+        self.upstream = UpstreamState::Gone {
+            status,
+            reason: reason.to_owned(),
+        };
+        if self.client_open {
+            log::error!(target: "gatekit.proxy.server", "{reason}");
+        }
+        if let Some(status) = status {
+            self.audit_upstream_exit(status, now);
+        }
+        let pending: Vec<(RequestId, Pending)> = std::mem::take(&mut self.client_requests)
+            .into_iter()
+            .collect();
+        for (id, p) in pending {
+            let message = format!("{reason} before answering this request");
+            self.reply_error(
+                &id,
+                &p.method,
+                p.tool.clone(),
+                jsonrpc::UPSTREAM_UNAVAILABLE,
+                &message,
+                now,
+            );
+        }
+        self.server_requests.clear();
+    }
+
+    // ----- timers and shutdown -----
+
+    fn on_timeout(&mut self, now: Timestamp) {
+        let Some(deadline) = self.deadline else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        self.deadline = None;
+        if let UpstreamState::ExitedDraining { status } = self.upstream {
+            self.upstream_gone(
+                Some(status),
+                &format!("the upstream server exited ({status})"),
+                now,
+            );
+            self.finish_after_exit();
+            return;
+        }
+        match self.shutdown {
+            Shutdown::No => {}
+            Shutdown::InputClosed => {
+                log::info!(target: "gatekit.proxy.server", "upstream still running after stdin closed; sending SIGTERM");
+                self.outputs
+                    .push_back(Output::SignalUpstream(UpstreamSignal::Terminate));
+                self.shutdown = Shutdown::Terminated;
+                self.deadline = Some(after(now, SHUTDOWN_GRACE));
+            }
+            Shutdown::Terminated => {
+                log::warn!(target: "gatekit.proxy.server", "upstream ignored SIGTERM; sending SIGKILL");
+                self.outputs
+                    .push_back(Output::SignalUpstream(UpstreamSignal::Kill));
+                self.shutdown = Shutdown::Killed;
+                self.deadline = Some(after(now, SHUTDOWN_GRACE));
+            }
+            Shutdown::Killed => {
+                log::error!(target: "gatekit.proxy.server", "upstream did not exit after SIGKILL; exiting anyway");
+                let code = if self.client_open {
+                    1
+                } else {
+                    self.exit_code.unwrap_or(0)
+                };
+                self.begin_exit(code);
+            }
+        }
+    }
+
+    fn start_shutdown(&mut self, now: Timestamp) {
+        if self.shutdown != Shutdown::No {
+            return;
+        }
+        if let UpstreamState::Gone {
+            status: Some(_), ..
+        } = self.upstream
+        {
+            return;
+        }
+        self.outputs.push_back(Output::CloseUpstreamInput);
+        self.shutdown = Shutdown::InputClosed;
+        if !matches!(self.upstream, UpstreamState::ExitedDraining { .. }) {
+            self.deadline = Some(after(now, SHUTDOWN_GRACE));
+        }
+    }
+
+    fn begin_exit(&mut self, code: i32) {
+        if self.exited {
+            return;
+        }
+        self.exited = true;
+        self.deadline = None;
+        self.outputs.push_back(Output::Exit(code));
+    }
+
+    // ----- helpers -----
+
+    fn unavailable_reason(&self) -> Option<String> {
+        if let Some(reason) = &self.startup_failure {
+            return Some(reason.clone());
+        }
+        match &self.upstream {
+            UpstreamState::Gone { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    fn fail_client_request(&mut self, id: &RequestId, code: i64, reason: &str, now: Timestamp) {
+        if let Some(p) = self.client_requests.remove(id) {
+            let mut record = self.response_record(
+                now,
+                Source::Gateway,
+                id,
+                &p,
+                &Outcome::Error {
+                    code: Some(code),
+                    message: Some(reason.to_owned()),
+                },
+            );
+            record.reason = Some(reason.to_owned());
+            self.audit(record);
+            self.to_client(error_response(Some(id), code, reason, None));
+        }
+    }
+
+    /// Answers a client request with an error made by the gateway, and audits
+    /// that response.
+    fn reply_error(
+        &mut self,
+        id: &RequestId,
+        method: &str,
+        tool: Option<String>,
+        code: i64,
+        message: &str,
+        now: Timestamp,
+    ) {
+        let mut record = self.record(now, EventType::Response, Source::Gateway);
+        record.method = Some(method.to_owned());
+        record.tool = tool;
+        record.status = Some("error");
+        record.request_id = Some(id.to_string());
+        record.error_code = Some(code);
+        record.error_message = Some(message.to_owned());
+        self.audit(record);
+        self.to_client(error_response(Some(id), code, message, None));
+    }
+
+    fn response_record(
+        &self,
+        now: Timestamp,
+        source: Source,
+        id: &RequestId,
+        pending: &Pending,
+        outcome: &Outcome,
+    ) -> AuditRecord {
+        let mut record = self.record(now, EventType::Response, source);
+        record.method = Some(pending.method.clone());
+        record.tool = pending.tool.clone();
+        record.request_id = Some(id.to_string());
+        record.duration_ms = Some(millis_between(pending.forwarded_at, now));
+        match outcome {
+            Outcome::Success => record.status = Some("success"),
+            Outcome::Error { code, message } => {
+                record.status = Some("error");
+                record.error_code = *code;
+                record.error_message = message.clone();
+            }
+        }
+        record
+    }
+
+    fn protocol_error(
+        &mut self,
+        source: Source,
+        id: Option<&RequestId>,
+        method: Option<String>,
+        reason: &str,
+        now: Timestamp,
+    ) {
+        let mut record = self.record(now, EventType::ProtocolError, source);
+        record.request_id = id.map(RequestId::to_string);
+        record.method = method;
+        record.status = Some("error");
+        record.reason = Some(reason.to_owned());
+        self.audit(record);
+    }
+
+    fn record(&self, now: Timestamp, event: EventType, source: Source) -> AuditRecord {
+        let mut record = AuditRecord::new(now, event, source);
+        record.server_name = self.server_name.clone();
+        record
+    }
+
+    fn audit(&mut self, record: AuditRecord) {
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            if let Some(write) = sink.write(AuditSinkId(i), &record) {
+                self.outputs.push_back(Output::Audit(write));
+            }
+        }
+    }
+
+    fn to_client(&mut self, bytes: Vec<u8>) {
+        if self.client_open {
+            self.outputs.push_back(Output::ToClient(bytes));
+        }
+    }
+}
+
+/// The enabled `file_auditing` sinks of `config`, with the ids the gateway
+/// uses for them in [`Output::Audit`].
+pub fn audit_sinks(config: &Config) -> impl Iterator<Item = (AuditSinkId, &FileAuditingConfig)> {
+    config
+        .plugins
+        .auditing
+        .iter()
+        .filter(|e| e.enabled)
+        .map(|e| match &e.plugin {
+            AuditingPlugin::FileAuditing(cfg) => cfg,
+        })
+        .enumerate()
+        .map(|(i, cfg)| (AuditSinkId(i), cfg))
+}
+
+/// A frame copied out of the framer, so the framer can be used again while
+/// the frame is handled.
+enum OwnedFrame {
+    Line(Vec<u8>),
+    Overlong { prefix: Vec<u8>, total_len: u64 },
+}
+
+fn own_frame(frame: Frame<'_>) -> OwnedFrame {
+    match frame {
+        Frame::Line(line) => OwnedFrame::Line(line.to_vec()),
+        Frame::Overlong { prefix, total_len } => OwnedFrame::Overlong {
+            prefix: prefix.to_vec(),
+            total_len,
+        },
+    }
+}
+
+/// Reads the tool name of a `tools/call`, or says why it cannot.
+fn tool_name(params: Option<&RawValue>) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    struct CallParams<'a> {
+        #[serde(borrow)]
+        name: Option<&'a RawValue>,
+    }
+    let params = params.ok_or_else(|| "no params".to_owned())?;
+    if !params.get().starts_with('{') {
+        return Err("params is not an object".to_owned());
+    }
+    let parsed: CallParams<'_> =
+        serde_json::from_str(params.get()).map_err(|e| format!("params unreadable: {e}"))?;
+    let name = parsed
+        .name
+        .ok_or_else(|| "params.name is missing".to_owned())?;
+    jsonrpc::json_string(name).ok_or_else(|| "params.name is not a string".to_owned())
+}
+
+/// The parameters recorded for a request: a tool's `arguments` for
+/// `tools/call`, otherwise the whole `params`.
+fn request_params(method: &str, params: Option<&RawValue>) -> Option<String> {
+    let params = params?;
+    if method == "tools/call" {
+        #[derive(serde::Deserialize)]
+        struct CallParams<'a> {
+            #[serde(borrow)]
+            arguments: Option<&'a RawValue>,
+        }
+        return serde_json::from_str::<CallParams<'_>>(params.get())
+            .ok()
+            .and_then(|p| p.arguments)
+            .map(|a| a.get().to_owned());
+    }
+    Some(params.get().to_owned())
+}
+
+fn with_newline(line: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len() + 1);
+    out.extend_from_slice(line);
+    out.push(b'\n');
+    out
+}
+
+fn truncate_for_log(line: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&line[..line.len().min(MAX)]).into_owned();
+    if line.len() > MAX {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
+fn after(now: Timestamp, duration: SignedDuration) -> Timestamp {
+    now.checked_add(duration).unwrap_or(now)
+}
+
+fn millis_between(start: Timestamp, end: Timestamp) -> u64 {
+    let ms = end.duration_since(start).as_millis();
+    u64::try_from(ms.max(0)).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,561 @@
+//! Strict JSON-RPC 2.0 envelope parsing and the gateway's own replies.
+//!
+//! Parsing keeps borrowed raw slices of the original line instead of building
+//! a tree: the gateway forwards the exact bytes it checked, and reads only the
+//! members it needs (`id`, `method`, the tool name) to decide.
+
+use crate::strict_json::{check_strict, JsonProblem};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// JSON-RPC error code for unparseable JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC error code for a message that is JSON but not a valid request.
+pub const INVALID_REQUEST: i64 = -32600;
+/// Error code the gateway uses when a security policy blocks a request.
+pub const POLICY_BLOCKED: i64 = -32001;
+/// Error code the gateway uses when the upstream server is gone.
+pub const UPSTREAM_UNAVAILABLE: i64 = -32002;
+/// Error code the gateway uses when the upstream answered with an invalid message.
+pub const UPSTREAM_INVALID_RESPONSE: i64 = -32003;
+/// Error code the gateway uses when a bound (line length, in-flight) is hit.
+pub const LIMIT_EXCEEDED: i64 = -32004;
+
+/// A JSON-RPC request id. MCP allows only strings and integers.
+///
+/// Ids are compared by value: `"a"` and `"\u0061"` are the same id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RequestId {
+    /// An integer id (the full `i64`/`u64` range is accepted).
+    Number(i128),
+    /// A string id.
+    String(String),
+}
+
+impl fmt::Display for RequestId {
+    /// The form used in audit records, e.g. `123` or `abc`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestId::Number(n) => write!(f, "{n}"),
+            RequestId::String(s) => f.write_str(s),
+        }
+    }
+}
+
+impl RequestId {
+    /// Appends the id as JSON.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            RequestId::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            RequestId::String(s) => write_json_string(out, s),
+        }
+    }
+
+    fn from_raw(raw: &RawValue) -> Option<RequestId> {
+        let text = raw.get();
+        if text.starts_with('"') {
+            return serde_json::from_str::<String>(text)
+                .ok()
+                .map(RequestId::String);
+        }
+        if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+            return text.parse::<i128>().ok().and_then(|n| {
+                let in_range = n >= i128::from(i64::MIN) && n <= i128::from(u64::MAX);
+                in_range.then_some(RequestId::Number(n))
+            });
+        }
+        None
+    }
+}
+
+/// Outcome carried by a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Success,
+    Error {
+        code: Option<i64>,
+        message: Option<String>,
+    },
+}
+
+/// A parsed, classified message that borrows the line it came from.
+#[derive(Debug)]
+pub(crate) enum Message<'a> {
+    Request {
+        id: RequestId,
+        method: String,
+        params: Option<&'a RawValue>,
+    },
+    Notification {
+        method: String,
+        params: Option<&'a RawValue>,
+    },
+    Response {
+        id: RequestId,
+        outcome: Outcome,
+        result: Option<&'a RawValue>,
+    },
+}
+
+/// Why a line was refused, with what the gateway needs to answer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    /// -32700 or -32600.
+    pub code: i64,
+    /// Human-readable reason, used in the error reply and the audit record.
+    pub reason: String,
+    /// The id, when it could still be read (so the reply can carry it).
+    pub id: Option<RequestId>,
+    /// The method, when it could be read.
+    pub method: Option<String>,
+    /// True if the sender expects an answer (it had an id or we cannot tell).
+    pub expects_reply: bool,
+}
+
+impl Rejection {
+    fn parse(reason: String) -> Self {
+        Rejection {
+            code: PARSE_ERROR,
+            reason,
+            id: None,
+            method: None,
+            expects_reply: true,
+        }
+    }
+}
+
+/// The top-level members the gateway reads. Anything else is kept in the
+/// raw bytes and forwarded untouched.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default, deserialize_with = "raw_including_null")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_including_null")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_including_null")]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_including_null")]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_including_null")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_including_null")]
+    error: Option<&'a RawValue>,
+}
+
+/// `Option<&RawValue>` would turn an explicit `null` into `None`; the gateway
+/// must tell `"id": null` apart from a missing id.
+fn raw_including_null<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Deserialize)]
+struct ErrorObject<'a> {
+    #[serde(borrow, default, deserialize_with = "raw_including_null")]
+    code: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_including_null")]
+    message: Option<&'a RawValue>,
+}
+
+/// Parses one line strictly and classifies it.
+pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
+    let text = std::str::from_utf8(line)
+        .map_err(|_| Rejection::parse(JsonProblem::InvalidUtf8.to_string()))?;
+    let first = text.trim_start().as_bytes().first().copied();
+    if let Err(problem) = check_strict(text) {
+        let mut rejection = Rejection::parse(problem.to_string());
+        if let JsonProblem::DuplicateKey(_) = problem {
+            // Valid JSON with a repeated key: an invalid request, not a parse error.
+            rejection.code = INVALID_REQUEST;
+            if let Ok(env) = serde_json::from_str::<Envelope<'_>>(text) {
+                rejection.id = env.id.and_then(RequestId::from_raw);
+                rejection.method = env.method.and_then(json_string);
+                rejection.expects_reply = env.id.is_some() || env.method.is_none();
+            }
+        }
+        return Err(rejection);
+    }
+    match first {
+        Some(b'{') => {}
+        Some(b'[') => {
+            return Err(Rejection {
+                code: INVALID_REQUEST,
+                reason: "batches are not supported: send one JSON-RPC message per line".into(),
+                id: None,
+                method: None,
+                expects_reply: true,
+            })
+        }
+        _ => {
+            return Err(Rejection {
+                code: INVALID_REQUEST,
+                reason: "message must be a JSON object".into(),
+                id: None,
+                method: None,
+                expects_reply: true,
+            })
+        }
+    }
+    let env: Envelope<'_> = serde_json::from_str(text)
+        .map_err(|e| Rejection::parse(format!("message is not valid JSON: {e}")))?;
+    classify(env)
+}
+
+fn classify(env: Envelope<'_>) -> Result<Message<'_>, Rejection> {
+    let method = env.method.map(|raw| json_string(raw).ok_or(raw));
+    let id = env.id.map(|raw| RequestId::from_raw(raw).ok_or(raw));
+    let readable_id = id.clone().and_then(Result::ok);
+    let readable_method = method.clone().and_then(Result::ok);
+    let expects_reply = env.id.is_some() || env.method.is_none();
+    let invalid = |reason: &str| Rejection {
+        code: INVALID_REQUEST,
+        reason: reason.to_owned(),
+        id: readable_id.clone(),
+        method: readable_method.clone(),
+        expects_reply,
+    };
+    if env.jsonrpc.and_then(json_string).as_deref() != Some("2.0") {
+        return Err(invalid("\"jsonrpc\" must be \"2.0\""));
+    }
+    if let Some(Err(_)) = &id {
+        return Err(invalid("\"id\" must be a string or an integer"));
+    }
+    let id = id.map(|r| r.expect("checked just above"));
+    match (method, id) {
+        (Some(Err(_)), _) => Err(invalid("\"method\" must be a string")),
+        (Some(Ok(method)), id) => {
+            if env.result.is_some() || env.error.is_some() {
+                return Err(invalid("a request cannot carry \"result\" or \"error\""));
+            }
+            if let Some(params) = env.params {
+                let kind = params.get().as_bytes().first();
+                if !matches!(kind, Some(b'{') | Some(b'[')) {
+                    return Err(invalid("\"params\" must be an object or an array"));
+                }
+            }
+            Ok(match id {
+                Some(id) => Message::Request {
+                    id,
+                    method,
+                    params: env.params,
+                },
+                None => Message::Notification {
+                    method,
+                    params: env.params,
+                },
+            })
+        }
+        (None, Some(id)) => {
+            let outcome = match (env.result, env.error) {
+                (Some(_), None) => Outcome::Success,
+                (None, Some(error)) => parse_error_object(error),
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "a response cannot carry both \"result\" and \"error\"",
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "a request needs \"method\"; a response needs \"result\" or \"error\"",
+                    ))
+                }
+            };
+            Ok(Message::Response {
+                id,
+                outcome,
+                result: env.result,
+            })
+        }
+        (None, None) => Err(invalid("message has neither \"method\" nor \"id\"")),
+    }
+}
+
+fn parse_error_object(raw: &RawValue) -> Outcome {
+    match serde_json::from_str::<ErrorObject<'_>>(raw.get()) {
+        Ok(obj) => Outcome::Error {
+            code: obj.code.and_then(|c| c.get().parse::<i64>().ok()),
+            message: obj.message.and_then(json_string),
+        },
+        Err(_) => Outcome::Error {
+            code: None,
+            message: None,
+        },
+    }
+}
+
+/// Decodes a raw JSON value if it is a string (escapes resolved).
+pub(crate) fn json_string(raw: &RawValue) -> Option<String> {
+    if raw.get().starts_with('"') {
+        serde_json::from_str(raw.get()).ok()
+    } else {
+        None
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, s).expect("writing a string to a Vec cannot fail");
+}
+
+/// Builds a complete error response line (with trailing newline).
+pub(crate) fn error_response(
+    id: Option<&RequestId>,
+    code: i64,
+    message: &str,
+    data: Option<&serde_json::Value>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + message.len());
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    match id {
+        Some(id) => id.write_json(&mut out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"error\":{\"code\":");
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.extend_from_slice(b",\"message\":");
+    write_json_string(&mut out, message);
+    if let Some(data) = data {
+        out.extend_from_slice(b",\"data\":");
+        serde_json::to_writer(&mut out, data).expect("writing a Value to a Vec cannot fail");
+    }
+    out.extend_from_slice(b"}}\n");
+    out
+}
+
+/// Finds the request id in the first bytes of a line that was too long to
+/// keep, so the gateway can still answer that request. Scans only the
+/// top-level members that fit in `prefix`; returns `None` when the id is not
+/// among them.
+pub(crate) fn sniff_id(prefix: &[u8]) -> Option<RequestId> {
+    let text = match std::str::from_utf8(prefix) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&prefix[..e.valid_up_to()]).ok()?,
+    };
+    let bytes = text.as_bytes();
+    let mut i = skip_ws(bytes, 0);
+    if bytes.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(bytes, i);
+        let key_end = string_end(bytes, i)?;
+        let key: String = serde_json::from_str(&text[i..key_end]).ok()?;
+        i = skip_ws(bytes, key_end);
+        if bytes.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(bytes, i + 1);
+        let value_end = value_end(bytes, i)?;
+        if key == "id" {
+            let raw: &RawValue = serde_json::from_str(&text[i..value_end]).ok()?;
+            return RequestId::from_raw(raw);
+        }
+        i = skip_ws(bytes, value_end);
+        if bytes.get(i) != Some(&b',') {
+            return None;
+        }
+        i += 1;
+    }
+}
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while matches!(bytes.get(i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
+        i += 1;
+    }
+    i
+}
+
+/// End (exclusive) of the string literal starting at `i`.
+fn string_end(bytes: &[u8], i: usize) -> Option<usize> {
+    if bytes.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut j = i + 1;
+    while j < bytes.len() {
+        match bytes[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// End (exclusive) of the JSON value starting at `i`, if it ends in `bytes`.
+fn value_end(bytes: &[u8], i: usize) -> Option<usize> {
+    match bytes.get(i)? {
+        b'"' => string_end(bytes, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < bytes.len() {
+                match bytes[j] {
+                    b'"' => {
+                        j = string_end(bytes, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let len = bytes[i..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b' ' | b'\t' | b'\r' | b'\n'))?;
+            Some(i + len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(line: &str) -> Rejection {
+        parse_message(line.as_bytes()).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn classifies_requests_notifications_and_responses() {
+        match parse_message(
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}}"#,
+        )
+        .unwrap()
+        {
+            Message::Request { id, method, params } => {
+                assert_eq!(id, RequestId::Number(7));
+                assert_eq!(method, "tools/call");
+                assert_eq!(params.unwrap().get(), r#"{"name":"x"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_message(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap(),
+            Message::Notification { .. }
+        ));
+        assert!(matches!(
+            parse_message(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#).unwrap(),
+            Message::Response {
+                outcome: Outcome::Success,
+                ..
+            }
+        ));
+        match parse_message(
+            br#"{"jsonrpc":"2.0","id":"a","error":{"code":-32601,"message":"nope"}}"#,
+        )
+        .unwrap()
+        {
+            Message::Response { outcome, .. } => assert_eq!(
+                outcome,
+                Outcome::Error {
+                    code: Some(-32601),
+                    message: Some("nope".into())
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parse_errors_are_32700() {
+        assert_eq!(rejected("{not json").code, PARSE_ERROR);
+        let bad_utf8 =
+            parse_message(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\"}").unwrap_err();
+        assert_eq!(bad_utf8.code, PARSE_ERROR);
+        assert_eq!(bad_utf8.reason, "message is not valid UTF-8");
+    }
+
+    #[test]
+    fn batches_and_non_objects_are_32600() {
+        let batch = rejected(r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call"}]"#);
+        assert_eq!(batch.code, INVALID_REQUEST);
+        assert!(batch.reason.contains("batch"));
+        assert_eq!(rejected("42").code, INVALID_REQUEST);
+        assert_eq!(rejected("\"str\"").code, INVALID_REQUEST);
+    }
+
+    #[test]
+    fn invalid_requests_keep_their_readable_id() {
+        let no_method = rejected(r#"{"jsonrpc":"2.0","id":5}"#);
+        assert_eq!(no_method.code, INVALID_REQUEST);
+        assert_eq!(no_method.id, Some(RequestId::Number(5)));
+        let dup = rejected(
+            r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"a","name":"b"}}"#,
+        );
+        assert_eq!(dup.code, INVALID_REQUEST);
+        assert_eq!(dup.id, Some(RequestId::String("q".into())));
+        assert!(dup.reason.contains("duplicate key \"name\""));
+        assert_eq!(
+            rejected(r#"{"id":1,"method":"x"}"#).reason,
+            "\"jsonrpc\" must be \"2.0\""
+        );
+    }
+
+    #[test]
+    fn ids_must_be_strings_or_integers() {
+        for bad in [r#"1.5"#, r#"null"#, r#"{}"#, r#"[1]"#, r#"true"#, "1e3"] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{bad},"method":"ping"}}"#);
+            let r = rejected(&line);
+            assert_eq!(r.code, INVALID_REQUEST, "{bad}");
+            assert!(r.expects_reply);
+        }
+        let escaped = parse_message(br#"{"jsonrpc":"2.0","id":"\u0061","method":"ping"}"#).unwrap();
+        assert!(matches!(escaped, Message::Request { id: RequestId::String(s), .. } if s == "a"));
+        let big = parse_message(br#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"ping"}"#)
+            .unwrap();
+        assert!(
+            matches!(big, Message::Request { id: RequestId::Number(n), .. } if n == i128::from(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn error_response_shape() {
+        let line = error_response(
+            Some(&RequestId::String("x\"y".into())),
+            POLICY_BLOCKED,
+            "denied",
+            None,
+        );
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"jsonrpc\":\"2.0\",\"id\":\"x\\\"y\",\"error\":{\"code\":-32001,\"message\":\"denied\"}}\n"
+        );
+        assert_eq!(
+            error_response(None, PARSE_ERROR, "bad", None),
+            b"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"bad\"}}\n"
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn sniffs_the_id_from_a_truncated_prefix() {
+        assert_eq!(
+            sniff_id(
+                br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"content":"xxxx"#
+            ),
+            Some(RequestId::Number(42))
+        );
+        assert_eq!(
+            sniff_id(br#"{"method":"x","params":{"a":[1,{"b":"}"}]},"id":"s"}"#),
+            Some(RequestId::String("s".into()))
+        );
+        assert_eq!(
+            sniff_id(br#"{"jsonrpc":"2.0","method":"tools/call","params":{"content":"xx"#),
+            None
+        );
+        assert_eq!(sniff_id(b"garbage"), None);
+    }
+}

@@ -1,0 +1,181 @@
+//! Security policies: which tools may be called, and which may be listed.
+//!
+//! One predicate, [`ToolAllowlist::permits`], decides both, so a tool is
+//! listed exactly when it is callable. Names are compared as decoded JSON
+//! strings, byte for byte: no case folding, no Unicode normalisation.
+
+use crate::config::{ListMode, ToolAllowlistConfig};
+use std::collections::BTreeSet;
+
+/// The `tool_allowlist` plugin.
+#[derive(Debug, Clone)]
+pub(crate) struct ToolAllowlist {
+    mode: ListMode,
+    tools: BTreeSet<String>,
+    block_message: String,
+}
+
+/// Name the plugin reports in audit records.
+pub(crate) const TOOL_ALLOWLIST: &str = "tool_allowlist";
+
+impl ToolAllowlist {
+    pub(crate) fn new(config: &ToolAllowlistConfig) -> Self {
+        ToolAllowlist {
+            mode: config.mode,
+            tools: config.tools.iter().cloned().collect(),
+            block_message: config.block_message.clone(),
+        }
+    }
+
+    /// Whether `tool` may be listed and called.
+    pub(crate) fn permits(&self, tool: &str) -> bool {
+        let listed = self.tools.contains(tool);
+        match self.mode {
+            ListMode::Allowlist => listed,
+            ListMode::Blocklist => !listed,
+        }
+    }
+
+    fn denial_reason(&self, tool: &str) -> String {
+        match self.mode {
+            ListMode::Allowlist => format!("Tool '{tool}' is not in allowlist"),
+            ListMode::Blocklist => format!("Tool '{tool}' is in blocklist"),
+        }
+    }
+}
+
+/// A decision on one `tools/call`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CallDecision {
+    /// Every policy allowed it. `checks` lists `plugin:ALLOWED` per policy.
+    Allowed {
+        checks: Vec<String>,
+        plugin: Option<&'static str>,
+    },
+    /// A policy blocked it (or could not decide, which blocks too).
+    Blocked {
+        plugin: &'static str,
+        reason: String,
+        block_message: String,
+        metadata: serde_json::Value,
+        checks: Vec<String>,
+    },
+}
+
+/// All configured security policies, applied in configuration order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SecurityPolicies {
+    allowlists: Vec<ToolAllowlist>,
+}
+
+impl SecurityPolicies {
+    pub(crate) fn new(allowlists: Vec<ToolAllowlist>) -> Self {
+        SecurityPolicies { allowlists }
+    }
+
+    /// True when no policy is configured: the gateway is a pure recorder and
+    /// passes even malformed calls to the server unchanged.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.allowlists.is_empty()
+    }
+
+    /// Whether every policy lets `tool` be listed and called.
+    pub(crate) fn permits_tool(&self, tool: &str) -> bool {
+        self.allowlists.iter().all(|p| p.permits(tool))
+    }
+
+    /// Decides a `tools/call` whose tool name was read as `tool`, or could
+    /// not be read (`Err(why)`): a call the policy cannot judge is blocked.
+    pub(crate) fn decide_call(&self, tool: Result<&str, &str>) -> CallDecision {
+        let mut checks = Vec::with_capacity(self.allowlists.len());
+        for policy in &self.allowlists {
+            let reason = match tool {
+                Ok(name) if policy.permits(name) => {
+                    checks.push(format!("{TOOL_ALLOWLIST}:ALLOWED"));
+                    continue;
+                }
+                Ok(name) => policy.denial_reason(name),
+                Err(why) => format!("Cannot determine the tool name ({why}); blocked because the policy cannot decide"),
+            };
+            checks.push(format!("{TOOL_ALLOWLIST}:BLOCKED"));
+            return CallDecision::Blocked {
+                plugin: TOOL_ALLOWLIST,
+                reason,
+                block_message: policy.block_message.clone(),
+                metadata: serde_json::json!({ "mode": policy.mode.as_str() }),
+                checks,
+            };
+        }
+        let plugin = (!self.allowlists.is_empty()).then_some(TOOL_ALLOWLIST);
+        CallDecision::Allowed { checks, plugin }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowlist(mode: ListMode, tools: &[&str]) -> ToolAllowlist {
+        ToolAllowlist::new(&ToolAllowlistConfig {
+            mode,
+            tools: tools.iter().map(|t| t.to_string()).collect(),
+            block_message: "no".into(),
+        })
+    }
+
+    #[test]
+    fn allowlist_and_blocklist_modes() {
+        let allow = allowlist(ListMode::Allowlist, &["read_file"]);
+        assert!(allow.permits("read_file"));
+        assert!(!allow.permits("delete_file"));
+        let block = allowlist(ListMode::Blocklist, &["delete_file"]);
+        assert!(block.permits("read_file"));
+        assert!(!block.permits("delete_file"));
+    }
+
+    #[test]
+    fn names_compare_exactly() {
+        let allow = allowlist(ListMode::Allowlist, &["read_file"]);
+        for trick in [
+            "Read_file",
+            "READ_FILE",
+            "read_file ",
+            " read_file",
+            "read\u{017f}file",
+            "read_ﬁle",
+            "",
+        ] {
+            assert!(!allow.permits(trick), "{trick:?}");
+        }
+        let block = allowlist(ListMode::Blocklist, &["delete_file"]);
+        // In blocklist mode a different spelling is a different tool: the
+        // server will not find it, and the name compared is the name forwarded.
+        assert!(block.permits("Delete_file"));
+    }
+
+    #[test]
+    fn undecidable_calls_are_blocked_and_every_policy_must_allow() {
+        let policies = SecurityPolicies::new(vec![
+            allowlist(ListMode::Allowlist, &["a", "b"]),
+            allowlist(ListMode::Blocklist, &["b"]),
+        ]);
+        assert!(
+            matches!(policies.decide_call(Ok("a")), CallDecision::Allowed { ref checks, .. } if checks.len() == 2)
+        );
+        match policies.decide_call(Ok("b")) {
+            CallDecision::Blocked { reason, checks, .. } => {
+                assert_eq!(reason, "Tool 'b' is in blocklist");
+                assert_eq!(
+                    checks,
+                    vec!["tool_allowlist:ALLOWED", "tool_allowlist:BLOCKED"]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            policies.decide_call(Err("missing name")),
+            CallDecision::Blocked { .. }
+        ));
+        assert!(!policies.permits_tool("b"));
+    }
+}

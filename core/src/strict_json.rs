@@ -1,0 +1,207 @@
+//! Validation that serde_json does not do on its own: duplicate object keys.
+//!
+//! `serde_json` keeps the last of two equal keys, while other parsers keep the
+//! first. A gateway that checks one value and forwards bytes in which the
+//! server reads the other is bypassable, so any message with a repeated key
+//! (at any depth, compared after unescaping) is rejected before anything else
+//! looks at it. The walk allocates only for keys that contain escapes.
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Why a line is not acceptable JSON for the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JsonProblem {
+    /// Not valid UTF-8 at all.
+    InvalidUtf8,
+    /// Not JSON (syntax error, trailing characters, nesting too deep).
+    Syntax(String),
+    /// Valid JSON, but an object repeats a key.
+    DuplicateKey(String),
+}
+
+impl fmt::Display for JsonProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonProblem::InvalidUtf8 => f.write_str("message is not valid UTF-8"),
+            JsonProblem::Syntax(detail) => write!(f, "message is not valid JSON: {detail}"),
+            JsonProblem::DuplicateKey(key) => write!(f, "duplicate key {key:?} in message"),
+        }
+    }
+}
+
+/// Checks that `text` is one JSON value with no repeated key in any object.
+pub(crate) fn check_strict(text: &str) -> Result<(), JsonProblem> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut duplicate = None;
+    let walk = Walk {
+        duplicate: &mut duplicate,
+    };
+    let result = walk.deserialize(&mut de).and_then(|()| de.end());
+    if let Some(key) = duplicate {
+        return Err(JsonProblem::DuplicateKey(key));
+    }
+    result.map_err(|e| JsonProblem::Syntax(e.to_string()))
+}
+
+/// Seed that walks one value; records the first duplicate key it meets.
+struct Walk<'s> {
+    duplicate: &'s mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// An object key as the parser hands it over: borrowed when it had no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Objects with more keys than this switch from a linear scan to a set.
+const LINEAR_SCAN_KEYS: usize = 16;
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(Walk {
+                duplicate: &mut *self.duplicate,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: BTreeSet<Cow<'de, str>> = BTreeSet::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let repeated = if many.is_empty() && few.len() < LINEAR_SCAN_KEYS {
+                if few.contains(&key) {
+                    true
+                } else {
+                    few.push(key.clone());
+                    false
+                }
+            } else {
+                if many.is_empty() {
+                    many.extend(few.drain(..));
+                }
+                !many.insert(key.clone())
+            };
+            if repeated {
+                *self.duplicate = Some(key.into_owned());
+                return Err(de::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(Walk {
+                duplicate: &mut *self.duplicate,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_json() {
+        assert_eq!(
+            check_strict(r#"{"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]}"#),
+            Ok(())
+        );
+        assert_eq!(check_strict("[1,2,3]"), Ok(()));
+        assert_eq!(check_strict("  \"x\" "), Ok(()));
+    }
+
+    #[test]
+    fn rejects_duplicates_at_any_depth() {
+        assert_eq!(
+            check_strict(r#"{"name":"a","name":"b"}"#),
+            Err(JsonProblem::DuplicateKey("name".into()))
+        );
+        assert_eq!(
+            check_strict(r#"{"p":{"q":[{"x":1,"y":2,"x":3}]}}"#),
+            Err(JsonProblem::DuplicateKey("x".into()))
+        );
+    }
+
+    #[test]
+    fn compares_keys_after_unescaping() {
+        assert_eq!(
+            check_strict(r#"{"name":"a","n\u0061me":"b"}"#),
+            Err(JsonProblem::DuplicateKey("name".into()))
+        );
+        // Case differs: two different keys.
+        assert_eq!(check_strict(r#"{"name":"a","Name":"b"}"#), Ok(()));
+    }
+
+    #[test]
+    fn finds_duplicates_in_large_objects() {
+        let mut text = String::from("{");
+        for i in 0..100 {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str("\"k42\":0}");
+        assert_eq!(
+            check_strict(&text),
+            Err(JsonProblem::DuplicateKey("k42".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_syntax_errors_trailing_data_and_deep_nesting() {
+        assert!(matches!(check_strict("{"), Err(JsonProblem::Syntax(_))));
+        assert!(matches!(check_strict("{} {}"), Err(JsonProblem::Syntax(_))));
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert!(matches!(check_strict(&deep), Err(JsonProblem::Syntax(_))));
+    }
+}
