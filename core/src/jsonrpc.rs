@@ -21,6 +21,9 @@ pub const UPSTREAM_UNAVAILABLE: i64 = -32002;
 pub const UPSTREAM_INVALID_RESPONSE: i64 = -32003;
 /// Error code the gateway uses when a bound (line length, in-flight) is hit.
 pub const LIMIT_EXCEEDED: i64 = -32004;
+/// Error code the gateway uses when it cannot start (bad config, unwritable
+/// audit log) and tells the client why.
+pub const GATEWAY_NOT_STARTED: i64 = -32005;
 
 /// A JSON-RPC request id. MCP allows only strings and integers.
 ///
@@ -323,6 +326,28 @@ pub(crate) fn error_response(
     }
     out.extend_from_slice(b"}}\n");
     out
+}
+
+/// The error reply for one client line, when the gateway cannot serve
+/// anything (it failed to start): requests (and invalid lines that expect an
+/// answer) get `message`; notifications and responses get nothing.
+pub fn startup_failure_reply(line: &[u8], message: &str) -> Option<Vec<u8>> {
+    match parse_message(line) {
+        Ok(Message::Request { id, .. }) => Some(error_response(
+            Some(&id),
+            GATEWAY_NOT_STARTED,
+            message,
+            None,
+        )),
+        Ok(_) => None,
+        Err(rejection) if rejection.expects_reply => Some(error_response(
+            rejection.id.as_ref(),
+            GATEWAY_NOT_STARTED,
+            message,
+            None,
+        )),
+        Err(_) => None,
+    }
 }
 
 /// Finds the request id in the first bytes of a line that was too long to
