@@ -68,14 +68,6 @@ impl LineFramer {
         self.pending.extend_from_slice(bytes);
     }
 
-    /// True when bytes of an unfinished line are held (used at EOF to report
-    /// a truncated last message).
-    pub(crate) fn has_partial_line(&self) -> bool {
-        !self.partial.is_empty()
-            || self.discarding.is_some()
-            || self.pending_start < self.pending.len()
-    }
-
     /// Takes the unfinished last line at end of stream, if any. A peer that
     /// closes its output without a final newline still had its message read:
     /// MCP peers normally end every line, but a lost newline must not lose a

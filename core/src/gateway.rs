@@ -175,6 +175,10 @@ pub struct Gateway {
     startup_failure: Option<String>,
     outputs: VecDeque<Output>,
     stats: GatewayStats,
+    /// `clientInfo.name` from `initialize`, for the audit trail.
+    client_name: Option<String>,
+    /// `serverInfo.name` from the `initialize` result, for the audit trail.
+    server_info_name: Option<String>,
 }
 
 impl Gateway {
@@ -208,6 +212,8 @@ impl Gateway {
             startup_failure: None,
             outputs: VecDeque::new(),
             stats: GatewayStats::default(),
+            client_name: None,
+            server_info_name: None,
         }
     }
 
@@ -344,6 +350,11 @@ impl Gateway {
         params: Option<&RawValue>,
         now: Timestamp,
     ) {
+        if method == "initialize" {
+            if let Some(name) = params.and_then(|p| peer_name(p, "clientInfo")) {
+                self.client_name = Some(name);
+            }
+        }
         let tool = (method == "tools/call").then(|| tool_name(params));
         let mut record = self.record(now, EventType::Request, Source::Client);
         record.method = Some(method.clone());
@@ -586,9 +597,11 @@ impl Gateway {
                 self.audit(record);
                 self.to_client(with_newline(&line));
             }
-            Ok(Message::Response { id, outcome, .. }) => {
-                self.on_server_response(&line, id, outcome, now)
-            }
+            Ok(Message::Response {
+                id,
+                outcome,
+                result,
+            }) => self.on_server_response(&line, id, result, outcome, now),
         }
     }
 
@@ -655,7 +668,14 @@ impl Gateway {
         self.to_client(with_newline(line));
     }
 
-    fn on_server_response(&mut self, line: &[u8], id: RequestId, outcome: Outcome, now: Timestamp) {
+    fn on_server_response(
+        &mut self,
+        line: &[u8],
+        id: RequestId,
+        result: Option<&RawValue>,
+        outcome: Outcome,
+        now: Timestamp,
+    ) {
         let Some(pending) = self.client_requests.remove(&id) else {
             self.stats.upstream_invalid_lines += 1;
             let reason = format!("response to unknown request id {id}; dropped");
@@ -663,6 +683,11 @@ impl Gateway {
             self.protocol_error(Source::Server, Some(&id), None, &reason, now);
             return;
         };
+        if pending.method == "initialize" {
+            if let Some(name) = result.and_then(|r| peer_name(r, "serverInfo")) {
+                self.server_info_name = Some(name);
+            }
+        }
         let mut forwarded: Option<Vec<u8>> = None;
         if pending.method == "tools/list"
             && outcome == Outcome::Success
@@ -980,6 +1005,11 @@ impl Gateway {
     fn record(&self, now: Timestamp, event: EventType, source: Source) -> AuditRecord {
         let mut record = AuditRecord::new(now, event, source);
         record.server_name = self.server_name.clone();
+        record.source_name = match source {
+            Source::Client => self.client_name.clone(),
+            Source::Server => self.server_info_name.clone(),
+            Source::Gateway => None,
+        };
         record
     }
 
@@ -1047,6 +1077,13 @@ fn tool_name(params: Option<&RawValue>) -> Result<String, String> {
         .name
         .ok_or_else(|| "params.name is missing".to_owned())?;
     jsonrpc::json_string(name).ok_or_else(|| "params.name is not a string".to_owned())
+}
+
+/// `params.<field>.name` (`clientInfo` / `serverInfo`), if it is a string.
+fn peer_name(object: &RawValue, field: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(object.get()).ok()?;
+    let name = value.get(field)?.get("name")?.as_str()?;
+    Some(name.to_owned())
 }
 
 /// The parameters recorded for a request: a tool's `arguments` for

@@ -4,7 +4,9 @@
 //! on the core counts what it hands out, so the decision is deterministic and
 //! replayable. A record is never split: if appending it would pass the limit,
 //! the file is rotated first (unless the file is empty, so a record larger than
-//! the limit still gets written, alone in its own file).
+//! the limit still gets written, alone in its own file). Which backups to
+//! keep is the runtime's part: it shifts `audit.log.N-1` to `audit.log.N`
+//! and drops what would exceed `backup_count`.
 
 /// Tracks one audit file's size and decides when it must rotate.
 #[derive(Debug, Clone)]
@@ -14,7 +16,7 @@ pub(crate) struct RotationPlan {
 }
 
 impl RotationPlan {
-    pub(crate) fn new(max_bytes: u64, _backup_count: u32) -> Self {
+    pub(crate) fn new(max_bytes: u64) -> Self {
         RotationPlan {
             max_bytes: max_bytes.max(1),
             current_bytes: 0,
@@ -27,20 +29,21 @@ impl RotationPlan {
     }
 
     /// True when the current file is empty (a new file starts, e.g. for a CSV header).
-    #[allow(dead_code)]
     pub(crate) fn is_fresh(&self) -> bool {
         self.current_bytes == 0
     }
 
-    /// Accounts for a write of `len` bytes; returns whether to rotate first.
-    pub(crate) fn plan(&mut self, len: u64) -> bool {
-        let rotate =
-            self.current_bytes > 0 && self.current_bytes.saturating_add(len) > self.max_bytes;
-        if rotate {
+    /// Whether appending `len` more bytes must go to a fresh file.
+    pub(crate) fn needs_rotation(&self, len: u64) -> bool {
+        self.current_bytes > 0 && self.current_bytes.saturating_add(len) > self.max_bytes
+    }
+
+    /// Accounts for a write of `len` bytes, after rotating if `rotated`.
+    pub(crate) fn record_write(&mut self, rotated: bool, len: u64) {
+        if rotated {
             self.current_bytes = 0;
         }
         self.current_bytes = self.current_bytes.saturating_add(len);
-        rotate
     }
 }
 
@@ -48,27 +51,35 @@ impl RotationPlan {
 mod tests {
     use super::*;
 
+    fn plan(rotation: &mut RotationPlan, len: u64) -> bool {
+        let rotate = rotation.needs_rotation(len);
+        rotation.record_write(rotate, len);
+        rotate
+    }
+
     #[test]
     fn rotates_before_a_record_that_would_pass_the_limit() {
-        let mut plan = RotationPlan::new(100, 5);
-        assert!(!plan.plan(60));
-        assert!(!plan.plan(40)); // exactly at the limit is fine
-        assert!(plan.plan(1));
-        assert!(!plan.plan(99));
+        let mut rotation = RotationPlan::new(100);
+        assert!(!plan(&mut rotation, 60));
+        assert!(!plan(&mut rotation, 40)); // exactly at the limit is fine
+        assert!(plan(&mut rotation, 1));
+        assert!(!plan(&mut rotation, 99));
     }
 
     #[test]
     fn an_oversized_record_gets_a_file_of_its_own() {
-        let mut plan = RotationPlan::new(10, 1);
-        assert!(!plan.plan(50)); // empty file: write it anyway
-        assert!(plan.plan(5));
-        assert!(!plan.plan(5));
+        let mut rotation = RotationPlan::new(10);
+        assert!(!plan(&mut rotation, 50)); // empty file: write it anyway
+        assert!(plan(&mut rotation, 5));
+        assert!(!plan(&mut rotation, 5));
     }
 
     #[test]
     fn counts_what_the_file_held_when_opened() {
-        let mut plan = RotationPlan::new(100, 1);
-        plan.opened(95);
-        assert!(plan.plan(10));
+        let mut rotation = RotationPlan::new(100);
+        assert!(rotation.is_fresh());
+        rotation.opened(95);
+        assert!(!rotation.is_fresh());
+        assert!(plan(&mut rotation, 10));
     }
 }

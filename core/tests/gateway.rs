@@ -526,3 +526,77 @@ fn chunking_does_not_change_anything() {
         assert!(run(chunk) == whole, "chunk size {chunk}");
     }
 }
+
+#[test]
+fn several_sinks_each_with_its_own_format_mode_and_rotation() {
+    let config: Config = serde_json::from_value(json!({
+        "proxy": {"upstream": {"command": "server"}},
+        "plugins": {
+            "auditing": [
+                {"policy": "file_auditing", "config": {"output_file": "all.log"}},
+                {"policy": "file_auditing", "config": {"output_file": "a.csv", "format": "csv", "max_file_size_mb": 0.0003}},
+                {"policy": "file_auditing", "config": {"output_file": "sec.log", "format": "line", "mode": "security_only"}},
+                {"policy": "file_auditing", "enabled": false, "config": {"output_file": "off.log"}}
+            ],
+            "security": [{"policy": "tool_allowlist", "config": {"mode": "blocklist", "tools": ["rm"]}}]
+        }
+    }))
+    .unwrap();
+    let mut gateway = Gateway::new(&config);
+    let now: Timestamp = "2024-06-16T10:30:15Z".parse().unwrap();
+    for sink in 0..3 {
+        gateway.handle_input(
+            Input::AuditFileOpened {
+                sink: gatekit_core::AuditSinkId(sink),
+                existing_bytes: 0,
+            },
+            now,
+        );
+    }
+    let mut files: Vec<Vec<Vec<u8>>> = vec![vec![Vec::new()]; 3];
+    let mut feed = |gateway: &mut Gateway, input: Input<'_>| {
+        gateway.handle_input(input, now);
+        loop {
+            match gateway.poll_output() {
+                Output::Audit(write) => {
+                    let segments = &mut files[write.sink.0];
+                    if write.rotate_first {
+                        segments.push(Vec::new());
+                    }
+                    segments.last_mut().unwrap().extend(write.bytes);
+                }
+                Output::Wait(_) => break,
+                _ => {}
+            }
+        }
+    };
+    for id in 0..10 {
+        let tool = if id % 3 == 0 { "rm" } else { "echo" };
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"{tool}\"}}}}\n");
+        feed(&mut gateway, Input::ClientBytes(line.as_bytes()));
+    }
+    assert_eq!(files[0].len(), 1, "json sink did not rotate");
+    assert_eq!(
+        String::from_utf8_lossy(&files[0][0]).lines().count(),
+        4 * 3 + 6
+    );
+    assert!(files[1].len() > 2, "csv sink rotated");
+    for segment in &files[1] {
+        let text = String::from_utf8_lossy(segment);
+        assert!(text.starts_with("timestamp,event_type,method,tool,status,request_id,plugin,reason,duration_ms,server_name\r\n"), "{text}");
+        assert!(
+            segment.len() <= 315 || text.lines().count() == 2,
+            "a segment passed the limit: {}",
+            segment.len()
+        );
+    }
+    let security = String::from_utf8_lossy(&files[2][0]).into_owned();
+    assert!(security.lines().all(|l| l.contains("BLOCK")), "{security}");
+    assert_eq!(
+        security
+            .lines()
+            .filter(|l| l.contains("SECURITY_BLOCK"))
+            .count(),
+        4
+    );
+}

@@ -78,7 +78,7 @@ impl<'o> ObjectWriter<'o> {
 }
 
 /// Writes a JSON value with the same separators as the record itself.
-fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) {
+pub(super) fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) {
     use serde_json::Value;
     match value {
         Value::Object(map) => {

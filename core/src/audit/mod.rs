@@ -4,9 +4,12 @@
 //! configured sink decides whether its mode wants the record, formats it in
 //! its own format and plans rotation; the runtime only appends the bytes.
 
+mod csv;
+mod debug;
 mod json;
+mod line;
 
-use crate::config::{AuditFormat, AuditMode, FileAuditingConfig};
+use crate::config::{AuditFormat, AuditMode, CsvConfig, FileAuditingConfig};
 use crate::rotation::RotationPlan;
 use jiff::Timestamp;
 
@@ -90,6 +93,9 @@ pub struct AuditRecord {
     pub event_type: EventType,
     /// Who sent the message.
     pub source: Source,
+    /// The name the sender gave in the `initialize` handshake
+    /// (`clientInfo.name` or `serverInfo.name`), once known.
+    pub source_name: Option<String>,
     /// JSON-RPC method of the message (or of the request a response answers).
     pub method: Option<String>,
     /// Tool name, for `tools/call` and its response.
@@ -126,6 +132,7 @@ impl AuditRecord {
             timestamp,
             event_type,
             source,
+            source_name: None,
             method: None,
             tool: None,
             status: None,
@@ -164,6 +171,7 @@ pub struct AuditWrite {
 pub(crate) struct AuditSink {
     format: AuditFormat,
     mode: AuditMode,
+    csv: CsvConfig,
     rotation: RotationPlan,
 }
 
@@ -172,7 +180,8 @@ impl AuditSink {
         AuditSink {
             format: config.format,
             mode: config.mode,
-            rotation: RotationPlan::new(config.max_file_size_mb.bytes(), config.backup_count),
+            csv: config.csv_config.clone(),
+            rotation: RotationPlan::new(config.max_file_size_mb.bytes()),
         }
     }
 
@@ -198,15 +207,27 @@ impl AuditSink {
         }
         let mut line = Vec::with_capacity(256);
         match self.format {
-            AuditFormat::Json | AuditFormat::Line | AuditFormat::Debug | AuditFormat::Csv => {
-                json::format(record, &mut line)
-            }
+            AuditFormat::Json => json::format(record, &mut line),
+            AuditFormat::Line => line::format(record, &mut line),
+            AuditFormat::Debug => debug::format(record, &mut line),
+            AuditFormat::Csv => csv::format(record, &self.csv, &mut line),
         }
-        let rotate_first = self.rotation.plan(line.len() as u64);
+        let rotate_first = self.rotation.needs_rotation(line.len() as u64);
+        let bytes = if self.format == AuditFormat::Csv && (rotate_first || self.rotation.is_fresh())
+        {
+            // Every CSV file starts with its header, also after rotation.
+            let mut with_header = Vec::with_capacity(line.len() + 128);
+            csv::header(&self.csv, &mut with_header);
+            with_header.extend_from_slice(&line);
+            with_header
+        } else {
+            line
+        };
+        self.rotation.record_write(rotate_first, bytes.len() as u64);
         Some(AuditWrite {
             sink: id,
             rotate_first,
-            bytes: line,
+            bytes,
         })
     }
 }
