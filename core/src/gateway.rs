@@ -595,7 +595,7 @@ impl Gateway {
                 let mut record = self.record(now, EventType::Notification, Source::Server);
                 record.method = Some(method);
                 self.audit(record);
-                self.to_client(with_newline(&line));
+                self.send_to_client(with_newline(&line));
             }
             Ok(Message::Response {
                 id,
@@ -665,7 +665,7 @@ impl Gateway {
                 forwarded_at: now,
             },
         );
-        self.to_client(with_newline(line));
+        self.send_to_client(with_newline(line));
     }
 
     fn on_server_response(
@@ -715,7 +715,7 @@ impl Gateway {
         }
         let record = self.response_record(now, Source::Server, &id, &pending, &outcome);
         self.audit(record);
-        self.to_client(forwarded.unwrap_or_else(|| with_newline(line)));
+        self.send_to_client(forwarded.unwrap_or_else(|| with_newline(line)));
     }
 
     fn on_upstream_failed_to_start(&mut self, reason: &str, now: Timestamp) {
@@ -936,7 +936,7 @@ impl Gateway {
             );
             record.reason = Some(reason.to_owned());
             self.audit(record);
-            self.to_client(error_response(Some(id), code, reason, None));
+            self.send_to_client(error_response(Some(id), code, reason, None));
         }
     }
 
@@ -959,7 +959,7 @@ impl Gateway {
         record.error_code = Some(code);
         record.error_message = Some(message.to_owned());
         self.audit(record);
-        self.to_client(error_response(Some(id), code, message, None));
+        self.send_to_client(error_response(Some(id), code, message, None));
     }
 
     fn response_record(
@@ -1021,7 +1021,7 @@ impl Gateway {
         }
     }
 
-    fn to_client(&mut self, bytes: Vec<u8>) {
+    fn send_to_client(&mut self, bytes: Vec<u8>) {
         if self.client_open {
             self.outputs.push_back(Output::ToClient(bytes));
         }
