@@ -1,1 +1,582 @@
+//! Runs the Gatekit core with blocking std threads and `std::process`.
+//!
+//! This crate moves bytes, runs timers and writes audit files; every
+//! protocol and policy decision is made by [`gatekit_core::Gateway`]. [`run`]
+//! is all the CLI needs:
+//!
+//! ```text
+//!  stdin ──────► client reader ──┐                        ┌─► client writer ───► stdout
+//!                                ├─► mpsc ─► main thread ─┤
+//!  child stdout ► upstream reader┤   Gateway, audit files ├─► upstream writer ─► child stdin
+//!  child exit ──► waiter ────────┘                        └─► kill(-pgid, …)
+//!  child stderr ► stderr copier ─────────────────────────────────────────────► stderr
+//! ```
+//!
+//! The main thread feeds one event to the gateway with the current time,
+//! carries out the outputs in order until [`Output::Wait`], and blocks on
+//! the channel until the next event or the deadline (an idle gateway uses no
+//! CPU). Audit records are written synchronously, so a record is in its file
+//! before the message it describes is even queued. Writes to the peers go
+//! through queues and writer threads, so a peer that stops reading never
+//! blocks the main thread; instead, once a queue holds more than a bound,
+//! the reader feeding it pauses (see `pipes::QUEUE_BOUND`).
+//!
+//! The [`audit_files`] and [`process`] modules do not depend on threads and
+//! are meant to be shared with other runtimes.
+#![deny(missing_docs)]
+// libc is used for exactly one call, kill(2), in `process`; that is the only
+// place allowed to opt out.
+#![deny(unsafe_code)]
 
+pub mod audit_files;
+mod pipes;
+pub mod process;
+
+pub use audit_files::AuditFile;
+pub use process::UpstreamCommand;
+
+use audit_files::AuditFiles;
+use gatekit_core::{ExitStatus, Gateway, Input, Output};
+use jiff::Timestamp;
+use pipes::OutputQueue;
+use process::ProcessGroup;
+use std::io::{self, Read, Write};
+use std::process::Child;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+const LOG_TARGET: &str = "gatekit.proxy.server";
+
+/// How long the gateway, once it has decided to exit, waits for the client
+/// to take the last replies from its stdout. A client that is not reading
+/// any more must not keep it alive.
+const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Events that may wait for the main thread before the threads sending them
+/// block. The readers' backpressure looks at the output queues, which only
+/// grow once the main thread has handled a chunk; this bound covers the
+/// chunks read but not handled yet: at most 16 × 64 KiB = 1 MiB.
+const EVENT_CHANNEL_CAPACITY: usize = 16;
+
+/// What [`run`] needs besides the gateway.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The upstream MCP server to start.
+    pub upstream: UpstreamCommand,
+    /// One file per audit sink of the gateway (see
+    /// `gatekit_core::audit_sinks`).
+    pub audit_files: Vec<AuditFile>,
+}
+
+/// Runs the gateway between this process's stdin/stdout (the client) and a
+/// freshly started upstream server, until the gateway exits. Returns the exit
+/// code the process should exit with; exiting is left to the caller.
+///
+/// Audit files are opened before anything else happens; if one cannot be
+/// opened the error (naming the file) is returned and stdin has not been
+/// touched, so the caller can still answer the client. An upstream that
+/// cannot be started is not an error: the gateway answers the client's first
+/// request with the reason and exits with 1.
+pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
+    drive(gateway, options, io::stdin(), io::stdout())
+}
+
+/// Something that happened on another thread.
+#[derive(Debug)]
+enum Event {
+    ClientBytes(Vec<u8>),
+    /// The client closed stdin, or stopped reading our stdout.
+    ClientEof,
+    UpstreamBytes(Vec<u8>),
+    UpstreamEof,
+    UpstreamExited(ExitStatus),
+}
+
+/// Where the gateway stands after its outputs were carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Wait(Option<Timestamp>),
+    Exit(i32),
+}
+
+/// [`run`] with the client's streams as parameters, so tests can play the
+/// client.
+fn drive<R, W>(
+    gateway: Gateway,
+    options: RunOptions,
+    client_input: R,
+    client_output: W,
+) -> io::Result<i32>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    let audit = AuditFiles::open(options.audit_files)?;
+    let (events_tx, events) = mpsc::sync_channel(EVENT_CHANNEL_CAPACITY);
+
+    let to_client = Arc::new(OutputQueue::default());
+    let tx = events_tx.clone();
+    pipes::spawn_writer(
+        "gatekit-client-writer",
+        to_client.clone(),
+        client_output,
+        move |error| {
+            if error.kind() == io::ErrorKind::BrokenPipe {
+                log::info!(target: LOG_TARGET, "the client stopped reading the gateway's stdout");
+            } else {
+                log::error!(target: LOG_TARGET, "writing to the client failed: {error}");
+            }
+            let _ = tx.send(Event::ClientEof);
+        },
+    )?;
+
+    let mut driver = Driver {
+        gateway,
+        audit,
+        to_client,
+        upstream: None,
+        client_eof_fed: false,
+    };
+    for input in driver.audit.opened_inputs() {
+        if let Step::Exit(code) = driver.feed(input) {
+            return Ok(code);
+        }
+    }
+
+    let step = match process::command(&options.upstream).spawn() {
+        Ok(child) => {
+            let pid = child.id();
+            log::info!(
+                target: LOG_TARGET,
+                "started upstream server {} (pid {pid})",
+                options.upstream.program
+            );
+            driver.upstream = Some(start_upstream(child, &events_tx, &driver.to_client)?);
+            driver.feed(Input::UpstreamStarted { pid })
+        }
+        Err(error) => {
+            let reason = process::spawn_failure_reason(&options.upstream.program, &error);
+            driver.feed(Input::UpstreamFailedToStart { reason: &reason })
+        }
+    };
+    let mut deadline = match step {
+        Step::Wait(deadline) => deadline,
+        Step::Exit(code) => return Ok(code),
+    };
+
+    // Client input waits while either queue is full: the upstream's, for
+    // the requests it forwards, and the client's own, for the error replies
+    // the gateway makes to bad input.
+    let gates = driver
+        .upstream
+        .iter()
+        .map(|u| u.stdin.clone())
+        .chain([driver.to_client.clone()])
+        .collect();
+    let tx = events_tx.clone();
+    pipes::spawn_reader("gatekit-client-reader", client_input, gates, move |chunk| {
+        let event = chunk.map_or(Event::ClientEof, Event::ClientBytes);
+        tx.send(event).is_ok()
+    })?;
+    // From here on only the threads hold senders, so the channel reports when
+    // every one of them has ended.
+    drop(events_tx);
+
+    loop {
+        let step = match next_event(&events, deadline) {
+            NextEvent::Event(event) => driver.handle_event(event),
+            NextEvent::Deadline => driver.feed(Input::Timeout),
+            NextEvent::Disconnected => {
+                log::error!(
+                    target: LOG_TARGET,
+                    "nothing more can happen but the gateway has not exited; exiting with 1"
+                );
+                return Ok(1);
+            }
+        };
+        deadline = match step {
+            Step::Wait(deadline) => deadline,
+            Step::Exit(code) => return Ok(code),
+        };
+    }
+}
+
+/// The main thread's state: the gateway and what carries out its outputs.
+/// Dropping it closes the queues and kills the upstream's process group.
+struct Driver {
+    gateway: Gateway,
+    audit: AuditFiles,
+    to_client: Arc<OutputQueue>,
+    upstream: Option<Upstream>,
+    /// The client can end twice (stdin EOF, broken stdout); the gateway is
+    /// told once.
+    client_eof_fed: bool,
+}
+
+/// A running upstream server.
+struct Upstream {
+    stdin: Arc<OutputQueue>,
+    group: ProcessGroup,
+}
+
+impl Driver {
+    fn handle_event(&mut self, event: Event) -> Step {
+        match event {
+            Event::ClientBytes(bytes) => self.feed(Input::ClientBytes(&bytes)),
+            Event::ClientEof if self.client_eof_fed => self.carry_out_outputs(),
+            Event::ClientEof => {
+                self.client_eof_fed = true;
+                self.feed(Input::ClientEof)
+            }
+            Event::UpstreamBytes(bytes) => self.feed(Input::UpstreamBytes(&bytes)),
+            Event::UpstreamEof => self.feed(Input::UpstreamEof),
+            Event::UpstreamExited(status) => self.feed(Input::UpstreamExited(status)),
+        }
+    }
+
+    fn feed(&mut self, input: Input<'_>) -> Step {
+        self.gateway.handle_input(input, Timestamp::now());
+        self.carry_out_outputs()
+    }
+
+    /// Carries out every pending output, in order.
+    fn carry_out_outputs(&mut self) -> Step {
+        loop {
+            match self.gateway.poll_output() {
+                Output::ToClient(bytes) => self.to_client.push(bytes),
+                Output::ToUpstream(bytes) => match &self.upstream {
+                    Some(upstream) => upstream.stdin.push(bytes),
+                    None => log::debug!(
+                        target: LOG_TARGET,
+                        "no upstream is running; dropping {} bytes for it",
+                        bytes.len()
+                    ),
+                },
+                Output::Audit(write) => {
+                    if let Err(error) = self.audit.write(&write) {
+                        log::error!(target: "gatekit.audit", "{error}");
+                    }
+                }
+                Output::CloseUpstreamInput => {
+                    if let Some(upstream) = &self.upstream {
+                        upstream.stdin.close();
+                    }
+                }
+                Output::SignalUpstream(signal) => {
+                    if let Some(upstream) = &self.upstream {
+                        if let Err(error) = upstream.group.signal(signal) {
+                            log::warn!(
+                                target: LOG_TARGET,
+                                "could not signal the upstream's process group {}: {error}",
+                                upstream.group.id()
+                            );
+                        }
+                    }
+                }
+                Output::Exit(code) => {
+                    let unsent = self.to_client.wait_drained(EXIT_FLUSH_TIMEOUT);
+                    if unsent > 0 {
+                        log::warn!(
+                            target: LOG_TARGET,
+                            "the client did not read the last {unsent} bytes within {EXIT_FLUSH_TIMEOUT:?}; exiting without them"
+                        );
+                    }
+                    // The process group is killed when the driver is dropped,
+                    // right after this returns.
+                    return Step::Exit(code);
+                }
+                Output::Wait(deadline) => return Step::Wait(deadline),
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.to_client.close();
+        if let Some(upstream) = self.upstream.take() {
+            upstream.stdin.close();
+            // Dropping the group sends SIGKILL to all of it, so no server or
+            // helper (npx starts some) outlives the gateway.
+            drop(upstream.group);
+        }
+    }
+}
+
+/// Starts the threads that serve a freshly spawned upstream.
+fn start_upstream(
+    mut child: Child,
+    events: &SyncSender<Event>,
+    to_client: &Arc<OutputQueue>,
+) -> io::Result<Upstream> {
+    // First, so that any failure below kills what was started.
+    let group = ProcessGroup::led_by(child.id())?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(io::Error::other(
+            "the upstream's standard streams were not piped",
+        ));
+    };
+
+    let stdin_queue = Arc::new(OutputQueue::default());
+    pipes::spawn_writer(
+        "gatekit-upstream-writer",
+        stdin_queue.clone(),
+        stdin,
+        |error| {
+            if error.kind() == io::ErrorKind::BrokenPipe {
+                log::debug!(target: LOG_TARGET, "the upstream closed its stdin; its exit will follow");
+            } else {
+                log::warn!(target: LOG_TARGET, "writing to the upstream failed: {error}");
+            }
+        },
+    )?;
+
+    let tx = events.clone();
+    pipes::spawn_reader(
+        "gatekit-upstream-reader",
+        stdout,
+        vec![to_client.clone()],
+        move |chunk| {
+            let event = chunk.map_or(Event::UpstreamEof, Event::UpstreamBytes);
+            tx.send(event).is_ok()
+        },
+    )?;
+
+    pipes::spawn_stderr_copier(stderr, io::stderr())?;
+
+    let tx = events.clone();
+    thread::Builder::new()
+        .name("gatekit-upstream-waiter".to_owned())
+        .spawn(move || match child.wait() {
+            Ok(status) => {
+                let _ = tx.send(Event::UpstreamExited(process::exit_status(status)));
+            }
+            Err(error) => {
+                // The gateway still learns of the end through the closed
+                // stdout, and stops the group on its own timer.
+                log::error!(target: LOG_TARGET, "waiting for the upstream failed: {error}");
+            }
+        })?;
+
+    Ok(Upstream {
+        stdin: stdin_queue,
+        group,
+    })
+}
+
+enum NextEvent {
+    Event(Event),
+    Deadline,
+    /// Every thread that could send an event has ended.
+    Disconnected,
+}
+
+/// Blocks until an event arrives or `deadline` passes. A deadline already
+/// passed wins over waiting events, so a busy peer cannot starve the timers.
+fn next_event(events: &Receiver<Event>, deadline: Option<Timestamp>) -> NextEvent {
+    let Some(deadline) = deadline else {
+        return events
+            .recv()
+            .map_or(NextEvent::Disconnected, NextEvent::Event);
+    };
+    let timeout = match Duration::try_from(deadline.duration_since(Timestamp::now())) {
+        Ok(timeout) if !timeout.is_zero() => timeout,
+        _ => return NextEvent::Deadline,
+    };
+    match events.recv_timeout(timeout) {
+        Ok(event) => NextEvent::Event(event),
+        Err(RecvTimeoutError::Timeout) => NextEvent::Deadline,
+        Err(RecvTimeoutError::Disconnected) => {
+            // Nothing can arrive any more, but the timer still matters.
+            thread::sleep(timeout);
+            NextEvent::Deadline
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatekit_core::config::{
+        CommandLine, Limits, PluginsConfig, ProxyConfig, Transport, UpstreamConfig,
+    };
+    use gatekit_core::Config;
+    use std::sync::mpsc::Sender;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// The client's stdin: bytes sent on a channel, EOF when it is dropped.
+    struct ClientInput {
+        chunks: Receiver<Vec<u8>>,
+        pending: Vec<u8>,
+    }
+
+    impl Read for ClientInput {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pending.is_empty() {
+                match self.chunks.recv() {
+                    Ok(chunk) => self.pending = chunk,
+                    Err(_) => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.pending.len());
+            buf[..n].copy_from_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            Ok(n)
+        }
+    }
+
+    /// The client's view of the gateway's stdout.
+    #[derive(Clone, Default)]
+    struct ClientOutput(Arc<Mutex<Vec<u8>>>);
+
+    impl ClientOutput {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+        }
+    }
+
+    impl Write for ClientOutput {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn client() -> (Sender<Vec<u8>>, ClientInput, ClientOutput) {
+        let (tx, rx) = mpsc::channel();
+        let input = ClientInput {
+            chunks: rx,
+            pending: Vec::new(),
+        };
+        (tx, input, ClientOutput::default())
+    }
+
+    fn gateway() -> Gateway {
+        let config = Config {
+            proxy: ProxyConfig {
+                transport: Transport::Stdio,
+                upstream: UpstreamConfig {
+                    command: CommandLine::Argv(vec!["(given to run separately)".to_owned()]),
+                    name: None,
+                },
+                limits: Limits::default(),
+            },
+            plugins: PluginsConfig::default(),
+        };
+        Gateway::new(&config)
+    }
+
+    fn shell(script: &str) -> RunOptions {
+        RunOptions {
+            upstream: UpstreamCommand {
+                program: "sh".to_owned(),
+                args: vec!["-c".to_owned(), script.to_owned()],
+            },
+            audit_files: Vec::new(),
+        }
+    }
+
+    const REQUEST: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\n";
+
+    #[test]
+    fn an_upstream_that_cannot_start_is_reported_to_the_client() {
+        let (tx, input, output) = client();
+        tx.send(REQUEST.to_vec()).expect("queued");
+        let options = RunOptions {
+            upstream: UpstreamCommand {
+                program: "/nonexistent/gatekit-test-server".to_owned(),
+                args: Vec::new(),
+            },
+            audit_files: Vec::new(),
+        };
+        let code = drive(gateway(), options, input, output.clone()).expect("runs");
+        assert_eq!(code, 1);
+        let reply = output.text();
+        assert!(reply.contains("\"id\":1"), "{reply}");
+        assert!(
+            reply.contains("command not found: /nonexistent/gatekit-test-server"),
+            "{reply}"
+        );
+        drop(tx);
+    }
+
+    #[test]
+    fn relays_both_ways_and_exits_when_the_client_leaves() {
+        let (tx, input, output) = client();
+        tx.send(REQUEST.to_vec()).expect("queued");
+        let watched = output.clone();
+        // The client leaves once it has its answer.
+        thread::spawn(move || {
+            let start = Instant::now();
+            while !watched.text().contains("\"result\"") && start.elapsed().as_secs() < 10 {
+                thread::sleep(Duration::from_millis(10));
+            }
+            drop(tx);
+        });
+        let script = r#"read line; echo "got $line" >&2; echo '{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}'; cat >/dev/null"#;
+        let code = drive(gateway(), shell(script), input, output.clone()).expect("runs");
+        assert_eq!(code, 0);
+        assert_eq!(
+            output.text(),
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[]}}\n"
+        );
+    }
+
+    #[test]
+    fn an_upstream_that_ignores_its_closed_stdin_is_terminated() {
+        let (tx, input, output) = client();
+        drop(tx);
+        let start = Instant::now();
+        let code = drive(gateway(), shell("sleep 300"), input, output).expect("runs");
+        assert_eq!(code, 0);
+        // Closed stdin, a grace period, SIGTERM: well before the sleep ends.
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn no_process_of_the_upstream_outlives_the_gateway() {
+        let pid_file = std::env::temp_dir().join(format!(
+            "gatekit-runtime-std-{}-grandchild.pid",
+            std::process::id()
+        ));
+        let (tx, input, output) = client();
+        drop(tx);
+        // A wrapper that exits when its stdin closes and leaves a helper
+        // behind, as npx can.
+        let script = format!(
+            "sleep 300 & echo $! > '{}'; exec cat >/dev/null",
+            pid_file.display()
+        );
+        let code = drive(gateway(), shell(&script), input, output).expect("runs");
+        assert_eq!(code, 0);
+        let pid = std::fs::read_to_string(&pid_file).expect("pid written");
+        let _ = std::fs::remove_file(&pid_file);
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let start = Instant::now();
+        loop {
+            // Gone, or a zombie waiting for init to reap it: not running.
+            let running = std::fs::read_to_string(&stat).is_ok_and(|s| {
+                let state = s.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('Z') && !state.starts_with('X')
+            });
+            if !running {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the helper {} is still running",
+                pid.trim()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

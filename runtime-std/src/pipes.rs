@@ -1,0 +1,351 @@
+//! Moving bytes between pipes and the main thread without blocking it.
+//!
+//! Every blocking read and write happens on a thread of its own. Readers
+//! hand chunks to a callback (which sends them to the main thread); writers
+//! take from an [`OutputQueue`] that the main thread fills without ever
+//! waiting. Backpressure goes the other way: a reader waits, before its next
+//! read, while a queue it feeds holds more than [`QUEUE_BOUND`] bytes, so a
+//! peer that stops reading slows down the peer that writes to it instead of
+//! growing the gateway's memory.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const LOG_TARGET: &str = "gatekit.proxy.server";
+
+/// Largest chunk a reader passes on at once. A pipe holds 64 KiB on Linux,
+/// so one read usually empties it.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
+/// Bytes queued for a peer above which the readers feeding that queue stop
+/// reading until it drains.
+///
+/// Large enough that ordinary bursts (a long `tools/list`, a file's contents
+/// in a `tools/call` result) pass without stalling anybody; small enough
+/// that the two queues together stay at a few tens of MiB even when a peer
+/// stops reading for good. It is a threshold, not a cap: the main thread
+/// never blocks, so one message larger than the bound is still queued
+/// whole, and the readers then wait until it has been written.
+pub(crate) const QUEUE_BOUND: usize = 8 * 1024 * 1024;
+
+/// Longest piece of the upstream's stderr passed on as one write: a line
+/// longer than this is passed on in pieces rather than buffered whole.
+const STDERR_LINE_MAX: usize = 64 * 1024;
+
+/// Bytes waiting to be written to one peer, shared by the main thread (which
+/// pushes), a writer thread (which pops) and the readers (which wait on it).
+#[derive(Debug, Default)]
+pub(crate) struct OutputQueue {
+    state: Mutex<QueueState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes pushed and not yet written, including a batch being written.
+    queued_bytes: usize,
+    /// No more pushes: the writer writes what is queued, then closes.
+    closing: bool,
+    /// The writer failed: everything pushed is dropped.
+    dead: bool,
+}
+
+impl OutputQueue {
+    /// Queues `bytes` for writing; never blocks. Dropped if the queue was
+    /// closed or its writer has failed.
+    pub(crate) fn push(&self, bytes: Vec<u8>) {
+        let mut state = self.lock();
+        if state.closing || state.dead {
+            log::debug!(target: LOG_TARGET, "dropping {} bytes for a closed pipe", bytes.len());
+            return;
+        }
+        state.queued_bytes += bytes.len();
+        state.chunks.push_back(bytes);
+        self.changed.notify_all();
+    }
+
+    /// Asks the writer to finish what is queued and then close its pipe.
+    pub(crate) fn close(&self) {
+        self.lock().closing = true;
+        self.changed.notify_all();
+    }
+
+    /// Blocks while more than [`QUEUE_BOUND`] bytes wait to be written.
+    pub(crate) fn wait_below_bound(&self) {
+        let mut state = self.lock();
+        while state.queued_bytes >= QUEUE_BOUND && !state.dead {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Waits up to `timeout` until everything pushed has been written (or
+    /// can never be). Returns the bytes still waiting.
+    pub(crate) fn wait_drained(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while state.queued_bytes > 0 && !state.dead {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        if state.dead {
+            0
+        } else {
+            state.queued_bytes
+        }
+    }
+
+    /// Everything queued, as one buffer, once there is something; `None`
+    /// once the queue is closed and empty.
+    fn next_batch(&self) -> Option<Vec<u8>> {
+        let mut state = self.lock();
+        loop {
+            if state.dead {
+                return None;
+            }
+            match state.chunks.len() {
+                0 if state.closing => return None,
+                0 => {}
+                1 => return state.chunks.pop_front(),
+                _ => {
+                    let mut batch = Vec::with_capacity(state.queued_bytes);
+                    for chunk in state.chunks.drain(..) {
+                        batch.extend_from_slice(&chunk);
+                    }
+                    return Some(batch);
+                }
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn written(&self, len: usize) {
+        let mut state = self.lock();
+        state.queued_bytes = state.queued_bytes.saturating_sub(len);
+        self.changed.notify_all();
+    }
+
+    fn writer_failed(&self) {
+        let mut state = self.lock();
+        state.dead = true;
+        state.chunks.clear();
+        state.queued_bytes = 0;
+        self.changed.notify_all();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Nothing panics while holding the lock, and the state stays
+        // consistent between statements anyway: ignore poisoning.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Starts a thread that writes what `queue` receives to `output`, flushing
+/// after each batch. Whatever is queued when the thread wakes goes out in
+/// one write, so a ready message is never held back. `on_error` runs once if
+/// a write fails; the queue then drops everything, so no reader waits on it.
+pub(crate) fn spawn_writer<W>(
+    name: &str,
+    queue: Arc<OutputQueue>,
+    mut output: W,
+    on_error: impl FnOnce(io::Error) + Send + 'static,
+) -> io::Result<()>
+where
+    W: Write + Send + 'static,
+{
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let result = write_batches(&queue, &mut output);
+            // Dropping `output` here closes the pipe.
+            drop(output);
+            if let Err(error) = result {
+                queue.writer_failed();
+                on_error(error);
+            }
+        })?;
+    Ok(())
+}
+
+fn write_batches(queue: &OutputQueue, output: &mut impl Write) -> io::Result<()> {
+    while let Some(batch) = queue.next_batch() {
+        output.write_all(&batch)?;
+        output.flush()?;
+        queue.written(batch.len());
+    }
+    Ok(())
+}
+
+/// Starts a thread that reads `input` in chunks of up to [`READ_CHUNK`]
+/// bytes and hands each to `deliver` as `Some`, then `None` at the end. A
+/// read error other than EINTR is logged and counts as the end. Before each
+/// read it waits until every queue in `gates` is below [`QUEUE_BOUND`]. The
+/// thread stops when `deliver` returns false (nobody is listening).
+pub(crate) fn spawn_reader<R>(
+    name: &str,
+    mut input: R,
+    gates: Vec<Arc<OutputQueue>>,
+    mut deliver: impl FnMut(Option<Vec<u8>>) -> bool + Send + 'static,
+) -> io::Result<()>
+where
+    R: Read + Send + 'static,
+{
+    let label = name.to_owned();
+    thread::Builder::new().name(name.to_owned()).spawn(move || {
+        let mut buffer = vec![0; READ_CHUNK];
+        loop {
+            for gate in &gates {
+                gate.wait_below_bound();
+            }
+            let chunk = match input.read(&mut buffer) {
+                Ok(0) => None,
+                Ok(n) => Some(buffer[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!(target: LOG_TARGET, "{label}: read failed, treating it as the end of input: {e}");
+                    None
+                }
+            };
+            let more = chunk.is_some();
+            if !deliver(chunk) || !more {
+                return;
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Starts a thread that copies the upstream's stderr to `output` line by
+/// line, so the server never blocks on a full stderr pipe and its lines do
+/// not interleave mid-line with the gateway's own log lines. Write errors
+/// are ignored: draining is what matters.
+pub(crate) fn spawn_stderr_copier<R, W>(input: R, mut output: W) -> io::Result<()>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    thread::Builder::new()
+        .name("gatekit-upstream-stderr".to_owned())
+        .spawn(move || {
+            let mut input = BufReader::with_capacity(STDERR_LINE_MAX, input);
+            let mut line = Vec::new();
+            loop {
+                let available = match input.fill_buf() {
+                    Ok(available) => available,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::debug!(target: LOG_TARGET, "reading the upstream's stderr failed: {e}");
+                        &[]
+                    }
+                };
+                if available.is_empty() {
+                    if !line.is_empty() {
+                        let _ = output.write_all(&line).and_then(|()| output.flush());
+                    }
+                    return;
+                }
+                let (taken, complete) = match available.iter().position(|&b| b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (available.len(), false),
+                };
+                line.extend_from_slice(&available[..taken]);
+                input.consume(taken);
+                if complete || line.len() >= STDERR_LINE_MAX {
+                    let _ = output.write_all(&line).and_then(|()| output.flush());
+                    line.clear();
+                }
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A writer that reports each write to a channel.
+    struct Recorder(mpsc::Sender<Vec<u8>>);
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.send(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_everything_in_order_and_drains() {
+        let queue = Arc::new(OutputQueue::default());
+        let (tx, rx) = mpsc::channel();
+        spawn_writer("test-writer", queue.clone(), Recorder(tx), |_| {}).expect("thread");
+        queue.push(b"one\n".to_vec());
+        queue.push(b"two\n".to_vec());
+        assert_eq!(queue.wait_drained(Duration::from_secs(5)), 0);
+        queue.close();
+        let written: Vec<u8> = rx.iter().flatten().collect();
+        assert_eq!(written, b"one\ntwo\n");
+    }
+
+    #[test]
+    fn a_failed_writer_releases_waiting_readers() {
+        let queue = Arc::new(OutputQueue::default());
+        queue.push(vec![0; QUEUE_BOUND]);
+        let (tx, rx) = mpsc::channel();
+        spawn_writer("test-broken", queue.clone(), Broken, move |e| {
+            let _ = tx.send(e.kind());
+        })
+        .expect("thread");
+        queue.wait_below_bound();
+        assert_eq!(rx.recv().ok(), Some(io::ErrorKind::BrokenPipe));
+        queue.push(b"dropped\n".to_vec());
+        assert_eq!(queue.wait_drained(Duration::from_secs(5)), 0);
+    }
+
+    #[test]
+    fn a_reader_waits_while_its_gate_is_full() {
+        let gate = Arc::new(OutputQueue::default());
+        gate.push(vec![0; QUEUE_BOUND]);
+        let (tx, rx) = mpsc::channel();
+        spawn_reader(
+            "test-reader",
+            &b"data"[..],
+            vec![gate.clone()],
+            move |chunk| tx.send(chunk).is_ok(),
+        )
+        .expect("thread");
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        gate.written(1);
+        assert_eq!(rx.recv().ok(), Some(Some(b"data".to_vec())));
+        assert_eq!(rx.recv().ok(), Some(None));
+    }
+}
