@@ -352,6 +352,18 @@ pub enum AuditFormat {
     Csv,
 }
 
+impl AuditFormat {
+    /// The canonical name, as written in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditFormat::Json => "json",
+            AuditFormat::Line => "line",
+            AuditFormat::Debug => "debug",
+            AuditFormat::Csv => "csv",
+        }
+    }
+}
+
 /// Which events a `file_auditing` plugin writes.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -365,6 +377,17 @@ pub enum AuditMode {
     SecurityOnly,
     /// Only the traffic itself: requests, responses and notifications.
     OperationsOnly,
+}
+
+impl AuditMode {
+    /// The canonical name, as written in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditMode::All => "all",
+            AuditMode::SecurityOnly => "security_only",
+            AuditMode::OperationsOnly => "operations_only",
+        }
+    }
 }
 
 /// A file size in mebibytes; fractions are allowed (`0.5`).

@@ -148,11 +148,12 @@ where
     let step = match process::command(&options.upstream).spawn() {
         Ok(child) => {
             let pid = child.id();
-            log::info!(
+            log::debug!(
                 target: LOG_TARGET,
                 "started upstream server {} (pid {pid})",
                 options.upstream.program
             );
+            log::info!(target: LOG_TARGET, "Connected to upstream server");
             driver.upstream = Some(start_upstream(child, &events_tx, &driver.to_client)?);
             driver.feed(Input::UpstreamStarted { pid })
         }
@@ -183,6 +184,7 @@ where
     // From here on only the threads hold senders, so the channel reports when
     // every one of them has ended.
     drop(events_tx);
+    log::info!(target: LOG_TARGET, "MCPProxy now accepting client connections");
 
     loop {
         let step = match next_event(&events, deadline) {
