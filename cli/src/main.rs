@@ -112,6 +112,7 @@ fn run_gateway(path: PathBuf, verbose: bool) -> i32 {
             sink,
             path: PathBuf::from(&file.output_file),
             backup_count: file.backup_count,
+            critical: file.critical,
         })
         .collect();
     let mut argv = loaded.upstream_argv.clone();

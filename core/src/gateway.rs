@@ -48,6 +48,17 @@ pub enum Input<'a> {
         /// The file's size when opened.
         existing_bytes: u64,
     },
+    /// Writing (or reopening) an audit file failed. Feed this right after
+    /// the failed [`Output::Audit`], before polling the next output: with a
+    /// `critical` sink, the gateway then withholds the messages whose records
+    /// were lost. The sink counts as broken until the runtime reports
+    /// [`Input::AuditFileOpened`] again.
+    AuditWriteFailed {
+        /// Which sink.
+        sink: AuditSinkId,
+        /// What went wrong, for the logs and the client.
+        reason: &'a str,
+    },
     /// The deadline from [`Output::Wait`] has passed (early calls are harmless).
     Timeout,
 }
@@ -101,6 +112,30 @@ pub enum Output {
     /// Nothing more to do until new input or until this deadline passes
     /// (then send [`Input::Timeout`]). `None`: no deadline, just wait for I/O.
     Wait(Option<Timestamp>),
+}
+
+/// What to send instead of a forwarded message when its audit record could
+/// not be written to a critical sink (fail closed: nothing unaudited passes).
+#[derive(Debug, Clone)]
+enum Fallback {
+    /// A client request: answer it with an error and forget it.
+    ClientRequest(RequestId),
+    /// A server response: give the client an error instead.
+    ServerResponse(RequestId),
+    /// A server request: answer the server with an error and forget it.
+    ServerRequest(RequestId),
+    /// A client's answer to a server request: tell the server it failed.
+    ClientResponse(RequestId),
+    /// A notification: drop it.
+    Drop,
+}
+
+/// An output waiting to be polled, with what replaces it if the audit log
+/// fails before it is carried out.
+#[derive(Debug)]
+struct Queued {
+    output: Output,
+    fallback: Option<Fallback>,
 }
 
 /// A request waiting for its response.
@@ -173,7 +208,7 @@ pub struct Gateway {
     exited: bool,
     /// Set when the upstream failed to start: every request gets this reason.
     startup_failure: Option<String>,
-    outputs: VecDeque<Output>,
+    outputs: VecDeque<Queued>,
     stats: GatewayStats,
     /// `clientInfo.name` from `initialize`, for the audit trail.
     client_name: Option<String>,
@@ -270,17 +305,20 @@ impl Gateway {
                 existing_bytes,
             } => {
                 if let Some(s) = self.sinks.get_mut(sink.0) {
-                    s.opened(existing_bytes);
+                    if s.opened(existing_bytes) {
+                        log::info!(target: "gatekit.audit", "audit log {} is writable again", sink.0);
+                    }
                 }
             }
+            Input::AuditWriteFailed { sink, reason } => self.on_audit_write_failed(sink, reason),
             Input::Timeout => self.on_timeout(now),
         }
     }
 
     /// Returns the next action, or [`Output::Wait`] when there is none.
     pub fn poll_output(&mut self) -> Output {
-        if let Some(out) = self.outputs.pop_front() {
-            return out;
+        if let Some(queued) = self.outputs.pop_front() {
+            return queued.output;
         }
         Output::Wait(if self.exited { None } else { self.deadline })
     }
@@ -298,7 +336,7 @@ impl Gateway {
                     self.limits.max_message_bytes
                 );
                 self.protocol_error(Source::Client, id.as_ref(), None, &reason, now);
-                self.outputs.push_back(Output::ToClient(error_response(
+                self.emit(Output::ToClient(error_response(
                     id.as_ref(),
                     jsonrpc::LIMIT_EXCEEDED,
                     &reason,
@@ -338,7 +376,7 @@ impl Gateway {
                 &rejection.reason,
                 None,
             );
-            self.outputs.push_back(Output::ToClient(reply));
+            self.emit(Output::ToClient(reply));
         }
     }
 
@@ -383,7 +421,7 @@ impl Gateway {
             let reason = format!("request id {id} is already in flight; ids must be unique");
             self.stats.client_invalid_lines += 1;
             self.protocol_error(Source::Client, Some(&id), Some(method), &reason, now);
-            self.outputs.push_back(Output::ToClient(error_response(
+            self.emit(Output::ToClient(error_response(
                 Some(&id),
                 jsonrpc::INVALID_REQUEST,
                 &reason,
@@ -452,9 +490,11 @@ impl Gateway {
             tool: tool.and_then(Result::ok),
             forwarded_at: now,
         };
-        self.client_requests.insert(id, pending);
-        self.outputs
-            .push_back(Output::ToUpstream(with_newline(line)));
+        self.client_requests.insert(id.clone(), pending);
+        self.forward(
+            Output::ToUpstream(with_newline(line)),
+            Fallback::ClientRequest(id),
+        );
     }
 
     fn on_client_notification(
@@ -498,8 +538,7 @@ impl Gateway {
         }
         record.method = Some(method);
         self.audit(record);
-        self.outputs
-            .push_back(Output::ToUpstream(with_newline(line)));
+        self.forward(Output::ToUpstream(with_newline(line)), Fallback::Drop);
     }
 
     fn on_client_response(&mut self, line: &[u8], id: RequestId, outcome: Outcome, now: Timestamp) {
@@ -512,8 +551,10 @@ impl Gateway {
         let record = self.response_record(now, Source::Client, &id, &pending, &outcome);
         self.audit(record);
         if self.unavailable_reason().is_none() {
-            self.outputs
-                .push_back(Output::ToUpstream(with_newline(line)));
+            self.forward(
+                Output::ToUpstream(with_newline(line)),
+                Fallback::ClientResponse(id),
+            );
         }
     }
 
@@ -595,7 +636,9 @@ impl Gateway {
                 let mut record = self.record(now, EventType::Notification, Source::Server);
                 record.method = Some(method);
                 self.audit(record);
-                self.send_to_client(with_newline(&line));
+                if self.client_open {
+                    self.forward(Output::ToClient(with_newline(&line)), Fallback::Drop);
+                }
             }
             Ok(Message::Response {
                 id,
@@ -632,7 +675,7 @@ impl Gateway {
         if let Some((code, reason)) = problem {
             self.stats.upstream_invalid_lines += 1;
             self.protocol_error(Source::Server, Some(&id), Some(method), &reason, now);
-            self.outputs.push_back(Output::ToUpstream(error_response(
+            self.emit(Output::ToUpstream(error_response(
                 Some(&id),
                 code,
                 &reason,
@@ -649,7 +692,7 @@ impl Gateway {
         if !self.client_open {
             // Nobody can answer: tell the server rather than leave it waiting.
             let reason = "the client has disconnected";
-            self.outputs.push_back(Output::ToUpstream(error_response(
+            self.emit(Output::ToUpstream(error_response(
                 Some(&id),
                 jsonrpc::UPSTREAM_UNAVAILABLE,
                 reason,
@@ -658,14 +701,17 @@ impl Gateway {
             return;
         }
         self.server_requests.insert(
-            id,
+            id.clone(),
             Pending {
                 method,
                 tool: None,
                 forwarded_at: now,
             },
         );
-        self.send_to_client(with_newline(line));
+        self.forward(
+            Output::ToClient(with_newline(line)),
+            Fallback::ServerRequest(id),
+        );
     }
 
     fn on_server_response(
@@ -715,7 +761,10 @@ impl Gateway {
         }
         let record = self.response_record(now, Source::Server, &id, &pending, &outcome);
         self.audit(record);
-        self.send_to_client(forwarded.unwrap_or_else(|| with_newline(line)));
+        if self.client_open {
+            let bytes = forwarded.unwrap_or_else(|| with_newline(line));
+            self.forward(Output::ToClient(bytes), Fallback::ServerResponse(id));
+        }
     }
 
     fn on_upstream_failed_to_start(&mut self, reason: &str, now: Timestamp) {
@@ -860,15 +909,13 @@ impl Gateway {
             Shutdown::No => {}
             Shutdown::InputClosed => {
                 log::info!(target: "gatekit.proxy.server", "upstream still running after stdin closed; sending SIGTERM");
-                self.outputs
-                    .push_back(Output::SignalUpstream(UpstreamSignal::Terminate));
+                self.emit(Output::SignalUpstream(UpstreamSignal::Terminate));
                 self.shutdown = Shutdown::Terminated;
                 self.deadline = Some(after(now, SHUTDOWN_GRACE));
             }
             Shutdown::Terminated => {
                 log::warn!(target: "gatekit.proxy.server", "upstream ignored SIGTERM; sending SIGKILL");
-                self.outputs
-                    .push_back(Output::SignalUpstream(UpstreamSignal::Kill));
+                self.emit(Output::SignalUpstream(UpstreamSignal::Kill));
                 self.shutdown = Shutdown::Killed;
                 self.deadline = Some(after(now, SHUTDOWN_GRACE));
             }
@@ -894,7 +941,7 @@ impl Gateway {
         {
             return;
         }
-        self.outputs.push_back(Output::CloseUpstreamInput);
+        self.emit(Output::CloseUpstreamInput);
         self.shutdown = Shutdown::InputClosed;
         if !matches!(self.upstream, UpstreamState::ExitedDraining { .. }) {
             self.deadline = Some(after(now, SHUTDOWN_GRACE));
@@ -907,7 +954,7 @@ impl Gateway {
         }
         self.exited = true;
         self.deadline = None;
-        self.outputs.push_back(Output::Exit(code));
+        self.emit(Output::Exit(code));
     }
 
     // ----- helpers -----
@@ -1016,14 +1063,123 @@ impl Gateway {
     fn audit(&mut self, record: AuditRecord) {
         for (i, sink) in self.sinks.iter_mut().enumerate() {
             if let Some(write) = sink.write(AuditSinkId(i), &record) {
-                self.outputs.push_back(Output::Audit(write));
+                self.outputs.push_back(Queued {
+                    output: Output::Audit(write),
+                    fallback: None,
+                });
             }
+        }
+    }
+
+    /// Queues an output that carries no peer data (a gateway reply, a signal).
+    fn emit(&mut self, output: Output) {
+        self.outputs.push_back(Queued {
+            output,
+            fallback: None,
+        });
+    }
+
+    /// Queues a forwarded message, whose audit record was queued just before.
+    /// While a critical audit sink is broken, the fallback goes out instead.
+    fn forward(&mut self, output: Output, fallback: Fallback) {
+        if self.audit_failure().is_some() {
+            if let Some(replacement) = self.fall_back(fallback) {
+                self.emit(replacement);
+            }
+            return;
+        }
+        self.outputs.push_back(Queued {
+            output,
+            fallback: Some(fallback),
+        });
+    }
+
+    /// The reason a critical audit sink cannot be written, if one cannot.
+    fn audit_failure(&self) -> Option<String> {
+        self.sinks
+            .iter()
+            .find_map(|s| s.critical_failure().map(str::to_owned))
+    }
+
+    fn on_audit_write_failed(&mut self, sink: AuditSinkId, reason: &str) {
+        let Some(s) = self.sinks.get_mut(sink.0) else {
+            return;
+        };
+        let critical = s.is_critical();
+        if s.failed(reason) {
+            if critical {
+                log::error!(
+                    target: "gatekit.audit",
+                    "{reason}; the audit log is critical, so requests are refused until it can be written again"
+                );
+            } else {
+                log::warn!(
+                    target: "gatekit.audit",
+                    "{reason}; the audit log is not critical, so messages keep passing without it"
+                );
+            }
+        }
+        if !critical {
+            return;
+        }
+        // Messages queued after their (now lost) records must not pass.
+        let queued = std::mem::take(&mut self.outputs);
+        for entry in queued {
+            match entry.fallback {
+                None => self.outputs.push_back(entry),
+                Some(fallback) => {
+                    if let Some(replacement) = self.fall_back(fallback) {
+                        self.emit(replacement);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What replaces a forward that cannot be audited.
+    fn fall_back(&mut self, fallback: Fallback) -> Option<Output> {
+        let message = format!(
+            "Gatekit cannot write its audit log ({}), and the log is critical, so this message was not passed on",
+            self.audit_failure().unwrap_or_default()
+        );
+        match fallback {
+            Fallback::ClientRequest(id) => {
+                self.client_requests.remove(&id);
+                Some(Output::ToClient(error_response(
+                    Some(&id),
+                    jsonrpc::AUDIT_LOG_UNAVAILABLE,
+                    &message,
+                    None,
+                )))
+            }
+            Fallback::ServerResponse(id) => Some(Output::ToClient(error_response(
+                Some(&id),
+                jsonrpc::AUDIT_LOG_UNAVAILABLE,
+                &message,
+                None,
+            ))),
+            Fallback::ServerRequest(id) => {
+                self.server_requests.remove(&id);
+                Some(Output::ToUpstream(error_response(
+                    Some(&id),
+                    jsonrpc::AUDIT_LOG_UNAVAILABLE,
+                    &message,
+                    None,
+                )))
+            }
+            Fallback::ClientResponse(id) => Some(Output::ToUpstream(error_response(
+                Some(&id),
+                jsonrpc::AUDIT_LOG_UNAVAILABLE,
+                &message,
+                None,
+            ))),
+            Fallback::Drop => None,
         }
     }
 
     fn send_to_client(&mut self, bytes: Vec<u8>) {
         if self.client_open {
-            self.outputs.push_back(Output::ToClient(bytes));
+            self.emit(Output::ToClient(bytes));
         }
     }
 }

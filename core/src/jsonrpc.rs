@@ -24,6 +24,9 @@ pub const LIMIT_EXCEEDED: i64 = -32004;
 /// Error code the gateway uses when it cannot start (bad config, unwritable
 /// audit log) and tells the client why.
 pub const GATEWAY_NOT_STARTED: i64 = -32005;
+/// Error code the gateway uses when a critical audit log cannot be written
+/// and a message is withheld rather than passed unaudited.
+pub const AUDIT_LOG_UNAVAILABLE: i64 = -32006;
 
 /// A JSON-RPC request id. MCP allows only strings and integers.
 ///

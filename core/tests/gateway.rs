@@ -600,3 +600,124 @@ fn several_sinks_each_with_its_own_format_mode_and_rotation() {
         4
     );
 }
+
+/// Drives a gateway whose audit file fails while `broken` is set, as a
+/// runtime would: the failure is reported before the next output is polled.
+fn drive_with_failing_audit(
+    gateway: &mut Gateway,
+    input: Input<'_>,
+    now: Timestamp,
+    broken: bool,
+) -> Vec<Output> {
+    gateway.handle_input(input, now);
+    let mut carried_out = Vec::new();
+    loop {
+        match gateway.poll_output() {
+            Output::Wait(_) => return carried_out,
+            Output::Audit(write) if broken => {
+                gateway.handle_input(
+                    Input::AuditWriteFailed {
+                        sink: write.sink,
+                        reason: "disk full",
+                    },
+                    now,
+                );
+            }
+            other => carried_out.push(other),
+        }
+    }
+}
+
+fn config_with_critical(critical: bool) -> Config {
+    let mut config = tutorial_config();
+    let gatekit_core::config::AuditingPlugin::FileAuditing(file) =
+        &mut config.plugins.auditing[0].plugin;
+    file.critical = critical;
+    config
+}
+
+#[test]
+fn critical_audit_failure_withholds_messages_until_the_log_recovers() {
+    let mut gateway = Gateway::new(&config_with_critical(true));
+    let now: Timestamp = "2024-06-16T10:30:15Z".parse().unwrap();
+    let call = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\"}}\n";
+    let out = drive_with_failing_audit(&mut gateway, Input::ClientBytes(call), now, true);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let Output::ToClient(reply) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let reply: Value = serde_json::from_slice(reply).unwrap();
+    assert_eq!(reply["id"], 1);
+    assert_eq!(reply["error"]["code"], -32006);
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("disk full"));
+    assert_eq!(gateway.in_flight(), 0);
+
+    // Still broken: refused without even trying to forward.
+    let call2 = call
+        .to_vec()
+        .iter()
+        .map(|b| if *b == b'1' { b'2' } else { *b })
+        .collect::<Vec<u8>>();
+    let out = drive_with_failing_audit(&mut gateway, Input::ClientBytes(&call2), now, false);
+    assert!(
+        out.iter().all(|o| !matches!(o, Output::ToUpstream(_))),
+        "{out:?}"
+    );
+
+    // The runtime reopened the file: traffic flows again.
+    gateway.handle_input(
+        Input::AuditFileOpened {
+            sink: gatekit_core::AuditSinkId(0),
+            existing_bytes: 0,
+        },
+        now,
+    );
+    let call3 = call
+        .to_vec()
+        .iter()
+        .map(|b| if *b == b'1' { b'3' } else { *b })
+        .collect::<Vec<u8>>();
+    let out = drive_with_failing_audit(&mut gateway, Input::ClientBytes(&call3), now, false);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::ToUpstream(_))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn non_critical_audit_failure_keeps_proxying() {
+    let mut gateway = Gateway::new(&config_with_critical(false));
+    let now: Timestamp = "2024-06-16T10:30:15Z".parse().unwrap();
+    let call = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\"}}\n";
+    let out = drive_with_failing_audit(&mut gateway, Input::ClientBytes(call), now, true);
+    assert!(matches!(out.as_slice(), [Output::ToUpstream(_)]), "{out:?}");
+}
+
+#[test]
+fn server_response_whose_record_is_lost_is_withheld_from_the_client() {
+    let mut gateway = Gateway::new(&config_with_critical(true));
+    let now: Timestamp = "2024-06-16T10:30:15Z".parse().unwrap();
+    drive_with_failing_audit(
+        &mut gateway,
+        Input::ClientBytes(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}\n"),
+        now,
+        false,
+    );
+    let out = drive_with_failing_audit(
+        &mut gateway,
+        Input::UpstreamBytes(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"secret\":1}}\n"),
+        now,
+        true,
+    );
+    let [Output::ToClient(reply)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    let reply = String::from_utf8_lossy(reply);
+    assert!(
+        reply.contains("-32006") && !reply.contains("secret"),
+        "{reply}"
+    );
+}

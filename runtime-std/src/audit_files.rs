@@ -36,9 +36,12 @@ pub struct AuditFile {
     pub path: PathBuf,
     /// How many rotated files (`path.1` … `path.N`) to keep; 0 keeps none.
     pub backup_count: u32,
+    /// A critical file that cannot be opened at startup stops the gateway
+    /// from starting; a non-critical one is retried with every record.
+    pub critical: bool,
 }
 
-/// The open audit files of one gateway.
+/// The audit files of one gateway.
 #[derive(Debug)]
 pub struct AuditFiles {
     files: Vec<OpenAuditFile>,
@@ -47,57 +50,113 @@ pub struct AuditFiles {
 #[derive(Debug)]
 struct OpenAuditFile {
     spec: AuditFile,
-    file: File,
-    /// Its size when it was opened, for the core's rotation plan.
-    size_at_open: u64,
+    /// `None` while the file cannot be opened; reopened on the next write.
+    file: Option<File>,
+    /// The file's size as far as this process knows (what it held when
+    /// opened plus what was appended), to undo a partial write.
+    size: u64,
+    /// Why the file could not be opened at startup, if it could not.
+    open_error: Option<String>,
+}
+
+/// How one audit file stands after [`AuditFiles::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenState {
+    sink: AuditSinkId,
+    /// The size on disk, or why it could not be opened.
+    state: Result<u64, String>,
+}
+
+impl OpenState {
+    /// The input that tells the gateway about it.
+    pub fn input(&self) -> Input<'_> {
+        match &self.state {
+            Ok(existing_bytes) => Input::AuditFileOpened {
+                sink: self.sink,
+                existing_bytes: *existing_bytes,
+            },
+            Err(reason) => Input::AuditWriteFailed {
+                sink: self.sink,
+                reason,
+            },
+        }
+    }
+}
+
+/// What a successful [`AuditFiles::write`] did besides writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Appended to the file that was open.
+    Appended,
+    /// The file was broken and had to be reopened; it now holds this many
+    /// bytes. Tell the gateway with [`Input::AuditFileOpened`].
+    Reopened(u64),
 }
 
 impl AuditFiles {
     /// Opens every file for appending, creating missing files and
-    /// directories. Fails on the first file that cannot be opened, with its
-    /// path in the error, before anything has been started.
+    /// directories. Fails on the first *critical* file that cannot be
+    /// opened, with its path in the error, before anything has been started;
+    /// a non-critical one is left closed and retried on every write.
     pub fn open(specs: Vec<AuditFile>) -> io::Result<Self> {
         let mut files = Vec::with_capacity(specs.len());
         for spec in specs {
-            let file = open_append(&spec.path, NEW_FILE_MODE)
-                .map_err(|e| with_path("cannot open audit file", &spec.path, e))?;
-            let size_at_open = file
-                .metadata()
-                .map_err(|e| with_path("cannot read the size of audit file", &spec.path, e))?
-                .len();
-            files.push(OpenAuditFile {
-                spec,
-                file,
-                size_at_open,
-            });
+            let opened = open_append(&spec.path, NEW_FILE_MODE)
+                .and_then(|file| file.metadata().map(|m| (file, m.len())))
+                .map_err(|e| with_path("cannot open audit file", &spec.path, e));
+            match opened {
+                Ok((file, size)) => files.push(OpenAuditFile {
+                    spec,
+                    file: Some(file),
+                    size,
+                    open_error: None,
+                }),
+                Err(error) if spec.critical => return Err(error),
+                Err(error) => files.push(OpenAuditFile {
+                    spec,
+                    file: None,
+                    size: 0,
+                    open_error: Some(error.to_string()),
+                }),
+            }
         }
         Ok(AuditFiles { files })
     }
 
-    /// What to tell the gateway about each file before anything else, so
-    /// that its rotation plan starts from the size already on disk.
-    pub fn opened_inputs(&self) -> Vec<Input<'static>> {
+    /// What to tell the gateway about each file before anything else: the
+    /// size already on disk (for its rotation plan), or why a non-critical
+    /// file could not be opened. Feed each with [`OpenState::input`].
+    pub fn open_states(&self) -> Vec<OpenState> {
         self.files
             .iter()
-            .map(|f| Input::AuditFileOpened {
+            .map(|f| OpenState {
                 sink: f.spec.sink,
-                existing_bytes: f.size_at_open,
+                state: match &f.open_error {
+                    None => Ok(f.size),
+                    Some(reason) => Err(reason.clone()),
+                },
             })
             .collect()
     }
 
-    /// Carries out one [`AuditWrite`]: rotates first if the core says so,
-    /// then appends the bytes in one write.
+    /// Carries out one [`AuditWrite`]: reopens a broken file, rotates first
+    /// if the core says so, then appends the bytes in one write.
     ///
-    /// A failed rotation is logged and the record is appended to the file
-    /// still open, so it is not lost. The error returned names the file.
-    pub fn write(&mut self, write: &AuditWrite) -> io::Result<()> {
+    /// A record is never left torn: if the write fails part-way, the file is
+    /// cut back to where the record began, and the file counts as broken
+    /// until a later write manages to reopen it. A failed rotation is logged
+    /// and the record is appended to the file still open, so it is not lost.
+    /// The error returned names the file; report it to the gateway with
+    /// [`Input::AuditWriteFailed`] before polling its next output.
+    pub fn write(&mut self, write: &AuditWrite) -> io::Result<WriteOutcome> {
         let Some(entry) = self.files.iter_mut().find(|f| f.spec.sink == write.sink) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("no audit file was opened for sink {}", write.sink.0),
             ));
         };
+        entry.open_error = None;
+        let reopened = entry.file.is_none();
         if write.rotate_first {
             if let Err(error) = entry.rotate() {
                 log::error!(
@@ -107,10 +166,33 @@ impl AuditFiles {
                 );
             }
         }
-        entry
-            .file
-            .write_all(&write.bytes)
-            .map_err(|e| with_path("cannot write audit file", &entry.spec.path, e))
+        if entry.file.is_none() {
+            let file = open_append(&entry.spec.path, NEW_FILE_MODE)
+                .map_err(|e| with_path("cannot open audit file", &entry.spec.path, e))?;
+            entry.size = file
+                .metadata()
+                .map_err(|e| with_path("cannot read the size of audit file", &entry.spec.path, e))?
+                .len();
+            entry.file = Some(file);
+        }
+        let file = entry.file.as_mut().expect("opened just above");
+        if let Err(error) = file.write_all(&write.bytes) {
+            // Undo a partial append so no torn record stays behind, and
+            // reopen before the next record.
+            let _ = file.set_len(entry.size);
+            entry.file = None;
+            return Err(with_path(
+                "cannot write audit file",
+                &entry.spec.path,
+                error,
+            ));
+        }
+        entry.size += write.bytes.len() as u64;
+        Ok(if reopened {
+            WriteOutcome::Reopened(entry.size)
+        } else {
+            WriteOutcome::Appended
+        })
     }
 }
 
@@ -118,9 +200,15 @@ impl OpenAuditFile {
     /// Moves the current file to `path.1` (and older ones up) and opens a
     /// fresh file with the same permissions.
     fn rotate(&mut self) -> io::Result<()> {
-        let mode = self.file.metadata()?.permissions().mode() & 0o7777;
+        let mode = match &self.file {
+            Some(file) => file.metadata()?.permissions().mode() & 0o7777,
+            None => NEW_FILE_MODE,
+        };
         shift_backups(&self.spec.path, self.spec.backup_count)?;
-        self.file = open_append(&self.spec.path, mode)?;
+        self.file = None;
+        let file = open_append(&self.spec.path, mode)?;
+        self.size = file.metadata()?.len();
+        self.file = Some(file);
         Ok(())
     }
 }
@@ -212,6 +300,7 @@ mod tests {
             sink: AuditSinkId(0),
             path: path.to_owned(),
             backup_count,
+            critical: true,
         }])
         .expect("opens")
     }
@@ -319,8 +408,9 @@ mod tests {
         fs::write(&path, "0123456789").expect("written");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
         let mut files = sink(&path, 1);
+        let states = files.open_states();
         assert_eq!(
-            files.opened_inputs(),
+            states.iter().map(OpenState::input).collect::<Vec<_>>(),
             vec![Input::AuditFileOpened {
                 sink: AuditSinkId(0),
                 existing_bytes: 10
@@ -341,8 +431,9 @@ mod tests {
             sink: AuditSinkId(0),
             path: path.clone(),
             backup_count: 1,
+            critical: true,
         }])
-        .expect_err("a file is in the way");
+        .expect_err("a critical file that cannot open stops the start");
         assert!(
             error.to_string().contains(&path.display().to_string()),
             "{error}"
@@ -359,5 +450,38 @@ mod tests {
             bytes: b"x\n".to_vec(),
         });
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_non_critical_file_that_cannot_open_is_reported_and_retried() {
+        let dir = TempDir::new("noncritical");
+        // A directory where the file should be: it cannot be opened.
+        let path = dir.0.join("audit.log");
+        fs::create_dir(&path).expect("dir");
+        let mut files = AuditFiles::open(vec![AuditFile {
+            sink: AuditSinkId(0),
+            path: path.clone(),
+            backup_count: 1,
+            critical: false,
+        }])
+        .expect("a non-critical file does not stop the start");
+        let states = files.open_states();
+        assert!(matches!(states[0].input(), Input::AuditWriteFailed { .. }));
+        let record = AuditWrite {
+            sink: AuditSinkId(0),
+            rotate_first: false,
+            bytes: b"a\n".to_vec(),
+        };
+        assert!(files.write(&record).is_err());
+        fs::remove_dir(&path).expect("rmdir");
+        assert_eq!(
+            files.write(&record).expect("recovers"),
+            WriteOutcome::Reopened(2)
+        );
+        assert_eq!(
+            files.write(&record).expect("appends"),
+            WriteOutcome::Appended
+        );
+        assert_eq!(read(&path).as_deref(), Some("a\na\n"));
     }
 }

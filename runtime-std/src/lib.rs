@@ -35,7 +35,7 @@ pub mod process;
 pub use audit_files::AuditFile;
 pub use process::UpstreamCommand;
 
-use audit_files::AuditFiles;
+use audit_files::{AuditFiles, WriteOutcome};
 use gatekit_core::{ExitStatus, Gateway, Input, Output};
 use jiff::Timestamp;
 use pipes::OutputQueue;
@@ -139,8 +139,8 @@ where
         upstream: None,
         client_eof_fed: false,
     };
-    for input in driver.audit.opened_inputs() {
-        if let Step::Exit(code) = driver.feed(input) {
+    for state in driver.audit.open_states() {
+        if let Step::Exit(code) = driver.feed(state.input()) {
             return Ok(code);
         }
     }
@@ -256,11 +256,26 @@ impl Driver {
                         bytes.len()
                     ),
                 },
-                Output::Audit(write) => {
-                    if let Err(error) = self.audit.write(&write) {
-                        log::error!(target: "gatekit.audit", "{error}");
+                Output::Audit(write) => match self.audit.write(&write) {
+                    Ok(WriteOutcome::Appended) => {}
+                    Ok(WriteOutcome::Reopened(existing_bytes)) => {
+                        let input = Input::AuditFileOpened {
+                            sink: write.sink,
+                            existing_bytes,
+                        };
+                        self.gateway.handle_input(input, Timestamp::now());
                     }
-                }
+                    Err(error) => {
+                        // Reported before the next output is polled, so the
+                        // gateway can withhold the message this record was for.
+                        let reason = error.to_string();
+                        let input = Input::AuditWriteFailed {
+                            sink: write.sink,
+                            reason: &reason,
+                        };
+                        self.gateway.handle_input(input, Timestamp::now());
+                    }
+                },
                 Output::CloseUpstreamInput => {
                     if let Some(upstream) = &self.upstream {
                         upstream.stdin.close();

@@ -173,6 +173,9 @@ pub(crate) struct AuditSink {
     mode: AuditMode,
     csv: CsvConfig,
     rotation: RotationPlan,
+    critical: bool,
+    /// Why the last write failed, until the file is reopened.
+    failure: Option<String>,
 }
 
 impl AuditSink {
@@ -181,6 +184,8 @@ impl AuditSink {
             format: config.format,
             mode: config.mode,
             csv: config.csv_config.clone(),
+            critical: config.critical,
+            failure: None,
             rotation: RotationPlan::new(config.max_file_size_mb.bytes()),
         }
     }
@@ -196,8 +201,25 @@ impl AuditSink {
     }
 
     /// The runtime opened the file, which already holds `existing_bytes`.
-    pub(crate) fn opened(&mut self, existing_bytes: u64) {
+    /// Returns true if the sink had failed before (it has now recovered).
+    pub(crate) fn opened(&mut self, existing_bytes: u64) -> bool {
         self.rotation.opened(existing_bytes);
+        self.failure.take().is_some()
+    }
+
+    /// Marks the sink broken; returns true if it was healthy until now.
+    pub(crate) fn failed(&mut self, reason: &str) -> bool {
+        self.failure.replace(reason.to_owned()).is_none()
+    }
+
+    /// Whether the gateway must refuse to pass messages without this sink.
+    pub(crate) fn is_critical(&self) -> bool {
+        self.critical
+    }
+
+    /// The failure of a critical sink, if it is broken.
+    pub(crate) fn critical_failure(&self) -> Option<&str> {
+        self.failure.as_deref().filter(|_| self.critical)
     }
 
     /// Formats `record` if this sink's mode wants it.
