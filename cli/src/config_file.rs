@@ -89,6 +89,15 @@ pub fn parse(text: &str, path: &Path, home: Option<&str>) -> Result<LoadedConfig
         };
         file.output_file = resolved.to_string_lossy().into_owned();
     }
+    if let Some(capture) = &mut config.proxy.capture_file {
+        let expanded = PathBuf::from(shell_words::expand_tilde(capture, home));
+        let resolved = if expanded.is_absolute() {
+            expanded
+        } else {
+            dir.join(expanded)
+        };
+        *capture = resolved.to_string_lossy().into_owned();
+    }
     Ok(LoadedConfig {
         path: path.to_path_buf(),
         config,

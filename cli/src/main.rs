@@ -33,6 +33,11 @@ struct Args {
     #[argh(switch, short = 'v')]
     verbose: bool,
 
+    /// record the session into this capture file, for `gatekit replay`
+    /// (overrides proxy.capture_file)
+    #[argh(option)]
+    capture: Option<PathBuf>,
+
     /// print the version and exit
     #[argh(switch, short = 'V')]
     version: bool,
@@ -60,7 +65,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(demo_args)) => demo::run(&demo_args),
         Some(Command::DemoServer(server_args)) => demo::serve(&server_args),
         None => match args.config {
-            Some(path) => run_gateway(path, args.verbose),
+            Some(path) => run_gateway(path, args.verbose, args.capture),
             None => {
                 eprintln!(
                     "gatekit: missing --config FILE (see `gatekit --help`; try `gatekit demo`)"
@@ -72,8 +77,21 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
+/// Expands `{timestamp}` (UTC, `20240616T103015Z`) and `{pid}` in a
+/// configured capture path, so every session gets its own file.
+fn capture_path(template: &str) -> PathBuf {
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    PathBuf::from(
+        template
+            .replace("{timestamp}", &stamp)
+            .replace("{pid}", &std::process::id().to_string()),
+    )
+}
+
 /// Runs the gateway on stdin/stdout until the client or the upstream leaves.
-fn run_gateway(path: PathBuf, verbose: bool) -> i32 {
+fn run_gateway(path: PathBuf, verbose: bool, capture: Option<PathBuf>) -> i32 {
     logging::init(verbose);
     log::info!(target: "gatekit.main", "Loading configuration from {}", path.display());
     let loaded = match config_file::load(&path) {
@@ -123,7 +141,11 @@ fn run_gateway(path: PathBuf, verbose: bool) -> i32 {
             args: argv,
         },
         audit_files,
+        capture: capture.or_else(|| config.proxy.capture_file.as_deref().map(capture_path)),
     };
+    if let Some(capture) = &options.capture {
+        log::info!(target: "gatekit.main", "Recording this session to {}", capture.display());
+    }
     let gateway = Gateway::new(config);
     match gatekit_runtime_std::run(gateway, options) {
         Ok(code) => code,

@@ -34,6 +34,11 @@ pub struct ProxyConfig {
     /// Bounds on what a peer can make the gateway hold.
     #[serde(default)]
     pub limits: Limits,
+    /// Record every session into this capture file, for `gatekit replay`.
+    /// `{timestamp}` and `{pid}` in the name are replaced when the gateway
+    /// starts, so each session gets its own file. Relative to the config file.
+    #[serde(default)]
+    pub capture_file: Option<String>,
 }
 
 /// How the client reaches the gateway.

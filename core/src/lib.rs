@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod capture;
 pub mod config;
 mod framing;
 mod gateway;

@@ -29,10 +29,13 @@
 #![deny(unsafe_code)]
 
 pub mod audit_files;
+pub mod capture;
 mod pipes;
 pub mod process;
 
 pub use audit_files::AuditFile;
+// Shared with other runtimes, so that they bound memory and time alike.
+pub use pipes::{QUEUE_BOUND, READ_CHUNK, STDERR_LINE_MAX};
 pub use process::UpstreamCommand;
 
 use audit_files::{AuditFiles, WriteOutcome};
@@ -41,6 +44,7 @@ use jiff::Timestamp;
 use pipes::OutputQueue;
 use process::ProcessGroup;
 use std::io::{self, Read, Write};
+use std::path::PathBuf;
 use std::process::Child;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -52,13 +56,13 @@ const LOG_TARGET: &str = "gatekit.proxy.server";
 /// How long the gateway, once it has decided to exit, waits for the client
 /// to take the last replies from its stdout. A client that is not reading
 /// any more must not keep it alive.
-const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Events that may wait for the main thread before the threads sending them
 /// block. The readers' backpressure looks at the output queues, which only
 /// grow once the main thread has handled a chunk; this bound covers the
 /// chunks read but not handled yet: at most 16 × 64 KiB = 1 MiB.
-const EVENT_CHANNEL_CAPACITY: usize = 16;
+pub const EVENT_CHANNEL_CAPACITY: usize = 16;
 
 /// What [`run`] needs besides the gateway.
 #[derive(Debug, Clone)]
@@ -68,6 +72,8 @@ pub struct RunOptions {
     /// One file per audit sink of the gateway (see
     /// `gatekit_core::audit_sinks`).
     pub audit_files: Vec<AuditFile>,
+    /// Record every input into this capture file (see `gatekit replay`).
+    pub capture: Option<PathBuf>,
 }
 
 /// Runs the gateway between this process's stdin/stdout (the client) and a
@@ -114,6 +120,10 @@ where
     W: Write + Send + 'static,
 {
     let audit = AuditFiles::open(options.audit_files)?;
+    let recorder = match &options.capture {
+        Some(path) => Some(capture::Recorder::create(path, "std", Timestamp::now())?),
+        None => None,
+    };
     let (events_tx, events) = mpsc::sync_channel(EVENT_CHANNEL_CAPACITY);
 
     let to_client = Arc::new(OutputQueue::default());
@@ -138,6 +148,7 @@ where
         to_client,
         upstream: None,
         client_eof_fed: false,
+        recorder,
     };
     for state in driver.audit.open_states() {
         if let Step::Exit(code) = driver.feed(state.input()) {
@@ -215,6 +226,8 @@ struct Driver {
     /// The client can end twice (stdin EOF, broken stdout); the gateway is
     /// told once.
     client_eof_fed: bool,
+    /// Records every input when capturing.
+    recorder: Option<capture::Recorder>,
 }
 
 /// A running upstream server.
@@ -238,8 +251,17 @@ impl Driver {
         }
     }
 
+    /// Hands one input to the gateway, recording it first when capturing.
+    fn handle(&mut self, input: Input<'_>) {
+        let now = Timestamp::now();
+        if let Some(recorder) = &mut self.recorder {
+            recorder.record(now, &input);
+        }
+        self.gateway.handle_input(input, now);
+    }
+
     fn feed(&mut self, input: Input<'_>) -> Step {
-        self.gateway.handle_input(input, Timestamp::now());
+        self.handle(input);
         self.carry_out_outputs()
     }
 
@@ -263,7 +285,7 @@ impl Driver {
                             sink: write.sink,
                             existing_bytes,
                         };
-                        self.gateway.handle_input(input, Timestamp::now());
+                        self.handle(input);
                     }
                     Err(error) => {
                         // Reported before the next output is polled, so the
@@ -273,7 +295,7 @@ impl Driver {
                             sink: write.sink,
                             reason: &reason,
                         };
-                        self.gateway.handle_input(input, Timestamp::now());
+                        self.handle(input);
                     }
                 },
                 Output::CloseUpstreamInput => {
@@ -498,6 +520,7 @@ mod tests {
                 args: vec!["-c".to_owned(), script.to_owned()],
             },
             audit_files: Vec::new(),
+            capture: None,
         }
     }
 
@@ -513,6 +536,7 @@ mod tests {
                 args: Vec::new(),
             },
             audit_files: Vec::new(),
+            capture: None,
         };
         let code = drive(gateway(), options, input, output.clone()).expect("runs");
         assert_eq!(code, 1);
