@@ -1,0 +1,523 @@
+//! The gateway binary in front of `test-upstream`, a server that misbehaves
+//! on demand: crashes, garbage on stdout, slow answers, server→client
+//! requests, paging, and processes that refuse to stop.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+
+/// Every test-upstream tool except `delete_file`.
+const ALLOWED: [&str; 9] = [
+    "echo",
+    "slow",
+    "crash",
+    "garbage",
+    "notify",
+    "ask_client",
+    "read_file",
+    "write_file",
+    "list_directory",
+];
+
+/// A gateway in `dir` in front of `test-upstream flags`, allowing [`ALLOWED`].
+fn start(dir: &TempDir, flags: &[&str]) -> Session {
+    let config = GatewayConfig::new(test_upstream(flags))
+        .allow(&ALLOWED)
+        .write(dir.path());
+    let mut gateway = Session::gateway(&config);
+    let init = gateway.initialize(json!(0));
+    assert_eq!(
+        init["result"]["serverInfo"]["name"], "test-upstream",
+        "{init}"
+    );
+    gateway.notify("notifications/initialized", json!({}));
+    gateway
+}
+
+fn audit_of(dir: &TempDir) -> Vec<Value> {
+    let audit = read_audit(&dir.join("logs/audit.log"));
+    check_common_fields(&audit);
+    audit
+}
+
+#[test]
+fn upstream_crash_mid_call_answers_pending_requests_and_exits_non_zero() {
+    let dir = TempDir::new("crash");
+    let mut gateway = start(&dir, &[]);
+    // One request still waiting when the server dies, and the one that kills it.
+    gateway.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                         "params": {"name": "slow", "arguments": {"ms": 60000}}}));
+    let crash = gateway.call_tool(json!(2), "crash", json!({}));
+    let message = expect_error(&crash, -32002);
+    // The runtime may see the closed stdout before the exit status, so the
+    // reason names either; the audit record below always has the status.
+    assert!(
+        message.contains("upstream"),
+        "the reason blames the upstream: {message}"
+    );
+    let slow = gateway.response(&json!(1));
+    expect_error(&slow, -32002);
+
+    let finished = gateway.finish_without_closing();
+    assert!(
+        !finished.status.success(),
+        "the server went away under a connected client: the gateway must exit non-zero\n{}",
+        finished.stderr
+    );
+    let audit = audit_of(&dir);
+    let exited = records(&audit, "UPSTREAM_EXITED");
+    assert_eq!(exited.len(), 1, "{}", show(&audit));
+    assert_eq!(exited[0]["status"], "error");
+    assert!(
+        exited[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exit code 3"),
+        "{}",
+        exited[0]
+    );
+    for id in ["1", "2"] {
+        let response = record_for(&audit, "RESPONSE", id);
+        assert_eq!(response["status"], "error", "{response}");
+        assert_eq!(response["error_code"], -32002, "{response}");
+    }
+    assert_eq!(record_for(&audit, "RESPONSE", "2")["tool"], "crash");
+}
+
+#[test]
+fn banner_and_garbage_lines_never_reach_the_client() {
+    let dir = TempDir::new("garbage");
+    // The initialize answer in `start` already came after the banner.
+    let mut gateway = start(&dir, &["--banner"]);
+    let garbage = gateway.call_tool(json!(1), "garbage", json!({}));
+    assert_eq!(result_text(&garbage), "ok: garbage");
+    let echo = gateway.call_tool(json!(2), "echo", json!({"after": "garbage"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&result_text(&echo)).unwrap(),
+        json!({"after": "garbage"})
+    );
+
+    let finished = gateway.finish();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished.unread.is_empty(),
+        "nothing else reached the client: {:?}",
+        finished.unread
+    );
+    for line in [
+        "test-upstream starting (banner on stdout)",
+        "this is not json",
+    ] {
+        assert!(
+            finished.stderr.contains(line),
+            "stderr should log the dropped line {line:?}:\n{}",
+            finished.stderr
+        );
+    }
+    let audit = audit_of(&dir);
+    let errors = records(&audit, "PROTOCOL_ERROR");
+    assert_eq!(errors.len(), 2, "{}", show(&audit));
+    assert!(
+        errors.iter().all(|e| e["source"] == "server"),
+        "{}",
+        show(&audit)
+    );
+}
+
+#[test]
+fn concurrent_calls_come_back_out_of_order_and_are_paired() {
+    let dir = TempDir::new("slow");
+    let mut gateway = start(&dir, &[]);
+    gateway.send(&json!({"jsonrpc": "2.0", "id": "s", "method": "tools/call",
+                         "params": {"name": "slow", "arguments": {"ms": 400}}}));
+    gateway.send(&json!({"jsonrpc": "2.0", "id": "e", "method": "tools/call",
+                         "params": {"name": "echo", "arguments": {"n": 1}}}));
+    let first = gateway.recv().expect("a response");
+    let second = gateway.recv().expect("a response");
+    assert_eq!(
+        first.value["id"], "e",
+        "the fast answer overtakes the slow one: {}",
+        first.raw
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&result_text(&first.value)).unwrap(),
+        json!({"n": 1})
+    );
+    assert_eq!(second.value["id"], "s", "{}", second.raw);
+    assert_eq!(result_text(&second.value), "done");
+
+    let finished = gateway.finish();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let audit = audit_of(&dir);
+    let slow = record_for(&audit, "RESPONSE", "s");
+    let echo = record_for(&audit, "RESPONSE", "e");
+    assert_eq!(slow["tool"], "slow");
+    assert_eq!(echo["tool"], "echo");
+    assert_eq!(slow["method"], "tools/call");
+    let slow_ms = slow["duration_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no duration_ms: {slow}"));
+    assert!(slow_ms >= 400, "the slow call took at least 400 ms: {slow}");
+    assert!(echo["duration_ms"].is_u64(), "{echo}");
+    let position = |r: &Value| audit.iter().position(|x| x == r).unwrap();
+    assert!(
+        position(echo) < position(slow),
+        "records follow the order of the answers"
+    );
+}
+
+#[test]
+fn upstream_command_not_found_is_told_to_the_client() {
+    let dir = TempDir::new("not-found");
+    let program = "gatekit-e2e-no-such-command";
+    let config = GatewayConfig::new(vec![program.to_owned(), "--flag".to_owned()])
+        .allow(&ALLOWED)
+        .write(dir.path());
+    let mut gateway = Session::gateway(&config);
+    let init = gateway.initialize(json!(1));
+    assert_eq!(init["id"], 1, "{init}");
+    let code = init
+        .pointer("/error/code")
+        .and_then(Value::as_i64)
+        .unwrap_or_else(|| panic!("expected an error: {init}"));
+    assert!(
+        (-32099..=-32000).contains(&code),
+        "a gateway error code: {init}"
+    );
+    let message = init["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("command not found"), "{message}");
+    assert!(
+        message.contains(program),
+        "the message names the command: {message}"
+    );
+    let finished = gateway.finish_without_closing();
+    assert!(!finished.status.success(), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("command not found"),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[test]
+fn tools_list_filter_applies_to_every_page() {
+    let dir = TempDir::new("pages");
+    let allowed = ["echo", "notify", "write_file"];
+    let config = GatewayConfig::new(test_upstream(&["--page-size", "3"]))
+        .allow(&allowed)
+        .write(dir.path());
+    let mut gateway = Session::gateway(&config);
+    gateway.initialize(json!(0));
+
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    for id in 1..=10 {
+        let params = cursor.as_ref().map_or(json!({}), |c| json!({"cursor": c}));
+        let page = gateway.request(json!(id), "tools/list", params);
+        pages.push(tool_names(&page));
+        match page.pointer("/result/nextCursor").and_then(Value::as_str) {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    // 10 tools, 3 per page: every page is filtered, the cursors survive.
+    assert_eq!(
+        pages,
+        vec![vec!["echo"], vec!["notify"], vec!["write_file"], vec![]]
+    );
+
+    // Listed ⇔ callable.
+    let notify = gateway.call_tool(json!(20), "notify", json!({}));
+    assert_eq!(result_text(&notify), "ok: notify");
+    let methods: Vec<Value> = gateway
+        .take_unmatched()
+        .iter()
+        .map(|m| m["method"].clone())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            json!("notifications/progress"),
+            json!("notifications/message")
+        ],
+        "server notifications pass through"
+    );
+    expect_error(
+        &gateway.call_tool(json!(21), "slow", json!({"ms": 1})),
+        -32001,
+    );
+
+    let finished = gateway.finish();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let audit = audit_of(&dir);
+    let filtered = records(&audit, "TOOLS_FILTERED");
+    let counts: Vec<&Value> = filtered
+        .iter()
+        .map(|r| &r["plugin_metadata"]["filtered_count"])
+        .collect();
+    assert_eq!(
+        counts,
+        [&json!(2), &json!(2), &json!(2), &json!(1)],
+        "{}",
+        show(&audit)
+    );
+    assert_eq!(
+        filtered[3]["plugin_metadata"]["filtered_tools"],
+        json!(["delete_file"])
+    );
+    let from_server: Vec<&Value> = records(&audit, "NOTIFICATION")
+        .into_iter()
+        .filter(|r| r["source"] == "server")
+        .collect();
+    assert_eq!(from_server.len(), 2, "{}", show(&audit));
+}
+
+#[test]
+fn server_to_client_requests_reach_the_client_and_answers_reach_the_server() {
+    let dir = TempDir::new("ask");
+    let mut gateway = start(&dir, &[]);
+    // The second call reuses, as a client id, the id the server will use for
+    // its own second request: the two directions are separate id spaces.
+    for (call_id, answer) in [
+        (json!(10), "first answer"),
+        (json!("srv-2"), "second answer"),
+    ] {
+        gateway.send(
+            &json!({"jsonrpc": "2.0", "id": call_id, "method": "tools/call",
+                             "params": {"name": "ask_client", "arguments": {}}}),
+        );
+        let asked = gateway.incoming_request();
+        assert_eq!(asked["method"], "sampling/createMessage", "{asked}");
+        let server_id = asked["id"].clone();
+        gateway.send(&json!({"jsonrpc": "2.0", "id": server_id, "result": {
+            "role": "assistant", "model": "e2e", "content": {"type": "text", "text": answer}}}));
+        let result = gateway.response(&call_id);
+        let text = result_text(&result);
+        let echoed: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert_eq!(
+            echoed["content"]["text"], answer,
+            "the server got the client's answer: {result}"
+        );
+    }
+    let finished = gateway.finish();
+    assert!(finished.status.success(), "{}", finished.stderr);
+
+    let audit = audit_of(&dir);
+    for server_id in ["srv-1", "srv-2"] {
+        let asked = audit
+            .iter()
+            .find(|r| {
+                r["event_type"] == "REQUEST"
+                    && r["source"] == "server"
+                    && r["request_id"] == server_id
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no REQUEST record from the server for {server_id}:\n{}",
+                    show(&audit)
+                )
+            });
+        assert_eq!(asked["method"], "sampling/createMessage");
+        let answered = audit
+            .iter()
+            .find(|r| {
+                r["event_type"] == "RESPONSE"
+                    && r["source"] == "client"
+                    && r["request_id"] == server_id
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no RESPONSE record from the client for {server_id}:\n{}",
+                    show(&audit)
+                )
+            });
+        assert_eq!(answered["method"], "sampling/createMessage");
+        assert_eq!(answered["status"], "success");
+    }
+    let call = audit
+        .iter()
+        .find(|r| {
+            r["event_type"] == "RESPONSE" && r["source"] == "server" && r["request_id"] == "srv-2"
+        })
+        .unwrap_or_else(|| panic!("no RESPONSE for the client's call srv-2:\n{}", show(&audit)));
+    assert_eq!(call["tool"], "ask_client");
+}
+
+#[test]
+fn blocked_calls_never_reach_the_server() {
+    let dir = TempDir::new("record");
+    let record = dir.join("received by server.jsonl");
+    let record_arg = record.to_string_lossy().into_owned();
+    let mut gateway = start(&dir, &["--record", &record_arg]);
+
+    let blocked = gateway.call_tool(json!(1), "delete_file", json!({"path": "readme.txt"}));
+    assert_eq!(expect_error(&blocked, -32001), BLOCK_MESSAGE);
+    assert_eq!(blocked["id"], 1);
+    // A JSON escape spelling the blocked name.
+    gateway.send_line(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete\u005ffile","arguments":{}}}"#);
+    expect_error(&gateway.response(&json!(2)), -32001);
+    // Case tricks are other names, and not allowed either.
+    expect_error(&gateway.call_tool(json!(3), "Echo", json!({})), -32001);
+    // A notification carrying a blocked call cannot be answered, only dropped.
+    gateway.send_line(
+        r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_file","arguments":{}}}"#,
+    );
+    let allowed_line = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","arguments":{"x":"y"}}}"#;
+    gateway.send_line(allowed_line);
+    result_text(&gateway.response(&json!(4)));
+
+    let finished = gateway.finish();
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert!(finished.unread.is_empty(), "{:?}", finished.unread);
+
+    let received = std::fs::read_to_string(&record).expect("the server recorded what it received");
+    assert!(
+        !received.contains("delete"),
+        "a blocked call reached the server:\n{received}"
+    );
+    assert!(
+        !received.contains("Echo"),
+        "a blocked call reached the server:\n{received}"
+    );
+    assert!(
+        received.lines().any(|l| l == allowed_line),
+        "what is authorised is exactly what is forwarded, byte for byte:\n{received}"
+    );
+
+    let audit_path = dir.join("logs/audit.log");
+    #[cfg(unix)]
+    check_private(&audit_path);
+    let audit = audit_of(&dir);
+    let blocks = records(&audit, "SECURITY_BLOCK");
+    assert_eq!(
+        blocks.len(),
+        4,
+        "three requests and one notification:\n{}",
+        show(&audit)
+    );
+    for id in ["1", "2", "3"] {
+        assert_eq!(record_for(&audit, "REQUEST", id)["status"], "BLOCKED");
+        let response = record_for(&audit, "RESPONSE", id);
+        assert_eq!(response["status"], "error");
+        assert_eq!(response["error_code"], -32001);
+    }
+    assert_eq!(
+        record_for(&audit, "SECURITY_BLOCK", "2")["tool"],
+        "delete_file"
+    );
+}
+
+/// Client EOF, with a server that ignores SIGTERM and never exits on its
+/// own and a grandchild in its process group: the gateway closes stdin,
+/// sends SIGTERM, then SIGKILLs the group, and exits.
+#[test]
+fn client_eof_stops_a_stubborn_upstream_and_its_grandchild() {
+    let dir = TempDir::new("stubborn");
+    let mut gateway = start(
+        &dir,
+        &["--ignore-sigterm", "--spawn-grandchild", "--no-exit-on-eof"],
+    );
+    let processes = upstream_processes(&gateway);
+    gateway.close_stdin();
+    let status = gateway.wait_exit(EXIT_TIMEOUT);
+    check_no_survivors(&processes);
+    assert!(
+        status.success(),
+        "the client left first, so the gateway exits 0: {status}"
+    );
+}
+
+/// A polite server that exits when its stdin closes but leaves a grandchild
+/// behind (like an `npx` wrapper): the gateway still removes the group.
+#[test]
+fn client_eof_leaves_no_grandchild_of_a_polite_upstream() {
+    let dir = TempDir::new("grandchild");
+    let mut gateway = start(&dir, &["--spawn-grandchild"]);
+    let processes = upstream_processes(&gateway);
+    gateway.close_stdin();
+    let status = gateway.wait_exit(EXIT_TIMEOUT);
+    check_no_survivors(&processes);
+    assert!(status.success(), "{status}");
+}
+
+/// The upstream's processes (itself, the grandchild, their group), checked
+/// to run in a process group of their own.
+fn upstream_processes(gateway: &Session) -> std::collections::BTreeSet<u32> {
+    let stderr = gateway.wait_for_stderr("grandchild pid ");
+    let grandchild: u32 = stderr
+        .split("grandchild pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no grandchild pid on stderr:\n{stderr}"));
+    let mut processes = process_tree(gateway.pid());
+    processes.insert(grandchild);
+    let upstream_group = process_group(grandchild).expect("the grandchild runs");
+    assert_ne!(
+        Some(upstream_group),
+        process_group(gateway.pid()),
+        "the upstream must run in its own process group"
+    );
+    assert!(
+        processes.len() >= 2,
+        "the upstream and its grandchild: {processes:?}"
+    );
+    processes
+}
+
+fn check_no_survivors(processes: &std::collections::BTreeSet<u32>) {
+    let alive = survivors(processes, Duration::from_secs(5));
+    if !alive.is_empty() {
+        let description = describe_processes(&alive);
+        kill_all(&alive);
+        panic!("processes of the upstream's group survived the gateway:\n{description}");
+    }
+}
+
+#[test]
+fn upstream_exiting_by_itself_ends_the_session_non_zero() {
+    let dir = TempDir::new("exit-after");
+    let gateway = start(&dir, &["--exit-after-ms", "800"]);
+    let finished = gateway.finish_without_closing();
+    assert!(
+        !finished.status.success(),
+        "the server left a connected client: exit non-zero\n{}",
+        finished.stderr
+    );
+    let audit = audit_of(&dir);
+    let exited = records(&audit, "UPSTREAM_EXITED");
+    assert_eq!(exited.len(), 1, "{}", show(&audit));
+    assert_eq!(
+        exited[0]["status"], "success",
+        "test-upstream exits 0: {}",
+        exited[0]
+    );
+}
+
+/// Big messages in both directions at once, while other calls go on: the
+/// runtime must read and write both pipes concurrently and keep every line
+/// whole.
+#[test]
+fn large_messages_pass_whole_in_both_directions() {
+    let dir = TempDir::new("large");
+    let mut gateway = start(&dir, &[]);
+    let blobs: Vec<String> = (0..4u8)
+        .map(|n| char::from(b'a' + n).to_string().repeat(1 << 20))
+        .collect();
+    for (n, blob) in blobs.iter().enumerate() {
+        gateway.send(&json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                             "params": {"name": "echo", "arguments": {"blob": blob}}}));
+    }
+    let ping = gateway.request(json!("ping"), "ping", json!({}));
+    assert_eq!(ping["result"], json!({}));
+    for (n, blob) in blobs.iter().enumerate() {
+        let response = gateway.response(&json!(n));
+        let echoed: Value = serde_json::from_str(&result_text(&response)).expect("echo is JSON");
+        assert!(echoed["blob"] == *blob, "call {n} came back altered");
+    }
+    let finished = gateway.finish();
+    assert!(finished.status.success(), "{}", finished.stderr);
+}
