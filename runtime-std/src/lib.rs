@@ -440,9 +440,6 @@ fn next_event(events: &Receiver<Event>, deadline: Option<Timestamp>) -> NextEven
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gatekit_core::config::{
-        CommandLine, Limits, PluginsConfig, ProxyConfig, Transport, UpstreamConfig,
-    };
     use gatekit_core::Config;
     use std::sync::mpsc::Sender;
     use std::sync::Mutex;
@@ -499,17 +496,9 @@ mod tests {
     }
 
     fn gateway() -> Gateway {
-        let config = Config {
-            proxy: ProxyConfig {
-                transport: Transport::Stdio,
-                upstream: UpstreamConfig {
-                    command: CommandLine::Argv(vec!["(given to run separately)".to_owned()]),
-                    name: None,
-                },
-                limits: Limits::default(),
-            },
-            plugins: PluginsConfig::default(),
-        };
+        // The upstream command is given to `run` separately.
+        let config: Config = serde_json::from_str(r#"{"proxy": {"upstream": {"command": "unused"}}}"#)
+            .expect("a minimal config parses");
         Gateway::new(&config)
     }
 
