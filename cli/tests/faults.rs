@@ -521,3 +521,26 @@ fn large_messages_pass_whole_in_both_directions() {
     let finished = gateway.finish();
     assert!(finished.status.success(), "{}", finished.stderr);
 }
+
+/// MCP clients stop a server by closing its stdin and then, if it is still
+/// there, sending SIGTERM. A gateway stopped that way must still take its
+/// upstream's process group with it (orphaned servers are the most common
+/// complaint about stdio MCP).
+#[test]
+fn sigterm_to_the_gateway_leaves_no_upstream_behind() {
+    let dir = TempDir::new("sigterm");
+    let mut gateway = start(&dir, &["--spawn-grandchild", "--no-exit-on-eof"]);
+    let processes = upstream_processes(&gateway);
+    gateway.close_stdin();
+    std::thread::sleep(Duration::from_millis(200));
+    send_signal(gateway.pid(), "TERM");
+    gateway.wait_exit(EXIT_TIMEOUT);
+    check_no_survivors(&processes);
+    let audit = audit_of(&dir);
+    assert_eq!(
+        records(&audit, "UPSTREAM_EXITED").len(),
+        1,
+        "the audit log records the upstream's end:\n{}",
+        show(&audit)
+    );
+}
