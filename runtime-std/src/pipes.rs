@@ -18,7 +18,7 @@ const LOG_TARGET: &str = "gatekit.proxy.server";
 
 /// Largest chunk a reader passes on at once. A pipe holds 64 KiB on Linux,
 /// so one read usually empties it.
-pub(crate) const READ_CHUNK: usize = 64 * 1024;
+pub const READ_CHUNK: usize = 64 * 1024;
 
 /// Bytes queued for a peer above which the readers feeding that queue stop
 /// reading until it drains.
@@ -29,11 +29,11 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// stops reading for good. It is a threshold, not a cap: the main thread
 /// never blocks, so one message larger than the bound is still queued
 /// whole, and the readers then wait until it has been written.
-pub(crate) const QUEUE_BOUND: usize = 8 * 1024 * 1024;
+pub const QUEUE_BOUND: usize = 8 * 1024 * 1024;
 
 /// Longest piece of the upstream's stderr passed on as one write: a line
 /// longer than this is passed on in pieces rather than buffered whole.
-const STDERR_LINE_MAX: usize = 64 * 1024;
+pub const STDERR_LINE_MAX: usize = 64 * 1024;
 
 /// Bytes waiting to be written to one peer, shared by the main thread (which
 /// pushes), a writer thread (which pops) and the readers (which wait on it).
