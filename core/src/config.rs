@@ -109,6 +109,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Most client requests that may wait for the upstream at once.
     pub max_in_flight_requests: usize,
+    /// Answer a client request with an error (and cancel it at the server)
+    /// when the upstream has not answered it within this many milliseconds.
+    /// No timeout when absent.
+    pub request_timeout_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -116,6 +120,7 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 64 * 1024 * 1024,
             max_in_flight_requests: 1024,
+            request_timeout_ms: None,
         }
     }
 }

@@ -144,6 +144,42 @@ struct Pending {
     method: String,
     tool: Option<String>,
     forwarded_at: Timestamp,
+    /// The requester cancelled it; a response may still come, but the entry
+    /// may be evicted to make room.
+    cancelled: bool,
+}
+
+/// Ids of requests that ended without their response (timed out), kept for a
+/// while so a late answer is recognised as such. Bounded.
+#[derive(Debug, Default)]
+struct RecentlyEnded {
+    order: VecDeque<RequestId>,
+    ids: std::collections::BTreeSet<RequestId>,
+}
+
+/// How many ended request ids are remembered.
+const RECENTLY_ENDED_CAPACITY: usize = 1024;
+
+impl RecentlyEnded {
+    fn insert(&mut self, id: RequestId) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > RECENTLY_ENDED_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+
+    fn take(&mut self, id: &RequestId) -> bool {
+        if self.ids.remove(id) {
+            self.order.retain(|x| x != id);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Where the upstream stands.
@@ -153,6 +189,8 @@ enum UpstreamState {
     Running,
     /// Its process exited, but its stdout is still open.
     ExitedDraining { status: ExitStatus },
+    /// It closed its stdout; its exit status is probably on its way.
+    ClosedAwaitingExit,
     /// No more messages can come from it. `status` is known once it exited.
     Gone {
         status: Option<ExitStatus>,
@@ -210,6 +248,10 @@ pub struct Gateway {
     startup_failure: Option<String>,
     outputs: VecDeque<Queued>,
     stats: GatewayStats,
+    /// Client requests that time out, by deadline (only with a request timeout).
+    request_deadlines: std::collections::BTreeSet<(Timestamp, RequestId)>,
+    /// Client requests that timed out, so a late answer is recognised.
+    timed_out: RecentlyEnded,
     /// `clientInfo.name` from `initialize`, for the audit trail.
     client_name: Option<String>,
     /// `serverInfo.name` from the `initialize` result, for the audit trail.
@@ -249,6 +291,8 @@ impl Gateway {
             stats: GatewayStats::default(),
             client_name: None,
             server_info_name: None,
+            request_deadlines: std::collections::BTreeSet::new(),
+            timed_out: RecentlyEnded::default(),
         }
     }
 
@@ -320,7 +364,14 @@ impl Gateway {
         if let Some(queued) = self.outputs.pop_front() {
             return queued.output;
         }
-        Output::Wait(if self.exited { None } else { self.deadline })
+        if self.exited {
+            return Output::Wait(None);
+        }
+        let next_request = self.request_deadlines.first().map(|(t, _)| *t);
+        Output::Wait(match (self.deadline, next_request) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     // ----- client side -----
@@ -417,6 +468,13 @@ impl Gateway {
             }
             return;
         }
+        if self.client_requests.get(&id).is_some_and(|p| p.cancelled) {
+            // Reusing the id of a cancelled request: the old one is over.
+            self.forget_client_request(&id);
+        }
+        if self.client_requests.len() >= self.limits.max_in_flight_requests {
+            self.evict_cancelled_client_request();
+        }
         if self.client_requests.contains_key(&id) {
             let reason = format!("request id {id} is already in flight; ids must be unique");
             self.stats.client_invalid_lines += 1;
@@ -489,7 +547,12 @@ impl Gateway {
             method,
             tool: tool.and_then(Result::ok),
             forwarded_at: now,
+            cancelled: false,
         };
+        if let Some(timeout) = self.limits.request_timeout_ms {
+            let deadline = after(now, SignedDuration::from_millis(timeout as i64));
+            self.request_deadlines.insert((deadline, id.clone()));
+        }
         self.client_requests.insert(id.clone(), pending);
         self.forward(
             Output::ToUpstream(with_newline(line)),
@@ -535,6 +598,14 @@ impl Gateway {
         }
         if self.unavailable_reason().is_some() {
             return;
+        }
+        if method == "notifications/cancelled" {
+            if let Some(id) = cancelled_request_id(params) {
+                if let Some(pending) = self.client_requests.get_mut(&id) {
+                    pending.cancelled = true;
+                }
+                record.request_id = Some(id.to_string());
+            }
         }
         record.method = Some(method);
         self.audit(record);
@@ -632,8 +703,16 @@ impl Gateway {
             Ok(Message::Request { id, method, params }) => {
                 self.on_server_request(&line, id, method, params, now)
             }
-            Ok(Message::Notification { method, .. }) => {
+            Ok(Message::Notification { method, params }) => {
                 let mut record = self.record(now, EventType::Notification, Source::Server);
+                if method == "notifications/cancelled" {
+                    if let Some(id) = cancelled_request_id(params) {
+                        if let Some(pending) = self.server_requests.get_mut(&id) {
+                            pending.cancelled = true;
+                        }
+                        record.request_id = Some(id.to_string());
+                    }
+                }
                 record.method = Some(method);
                 self.audit(record);
                 if self.client_open {
@@ -656,6 +735,18 @@ impl Gateway {
         params: Option<&RawValue>,
         now: Timestamp,
     ) {
+        if self.server_requests.get(&id).is_some_and(|p| p.cancelled)
+            || self.server_requests.len() >= self.limits.max_in_flight_requests
+        {
+            let evict = if self.server_requests.get(&id).is_some_and(|p| p.cancelled) {
+                Some(id.clone())
+            } else {
+                first_cancelled(&self.server_requests)
+            };
+            if let Some(old) = evict {
+                self.server_requests.remove(&old);
+            }
+        }
         let problem = if self.server_requests.contains_key(&id) {
             Some((
                 jsonrpc::INVALID_REQUEST,
@@ -706,6 +797,7 @@ impl Gateway {
                 method,
                 tool: None,
                 forwarded_at: now,
+                cancelled: false,
             },
         );
         self.forward(
@@ -722,7 +814,16 @@ impl Gateway {
         outcome: Outcome,
         now: Timestamp,
     ) {
-        let Some(pending) = self.client_requests.remove(&id) else {
+        let Some(pending) = self.take_client_request(&id) else {
+            if self.timed_out.take(&id) {
+                let mut record = self.record(now, EventType::Response, Source::Server);
+                record.request_id = Some(id.to_string());
+                record.status = Some("dropped");
+                record.reason =
+                    Some("the answer came after the request timed out; dropped".to_owned());
+                self.audit(record);
+                return;
+            }
             self.stats.upstream_invalid_lines += 1;
             let reason = format!("response to unknown request id {id}; dropped");
             log::warn!(target: "gatekit.proxy.server", "upstream sent a {reason}");
@@ -791,10 +892,12 @@ impl Gateway {
         }
         match self.upstream.clone() {
             UpstreamState::Running => {
-                self.upstream_gone(None, "the upstream server closed its output", now);
-                // The process may still run: stop it.
-                self.start_shutdown(now);
+                // Usually the process is exiting; wait briefly for its status
+                // so pending requests learn how it ended.
+                self.upstream = UpstreamState::ClosedAwaitingExit;
+                self.deadline = Some(after(now, EXIT_DRAIN));
             }
+            UpstreamState::ClosedAwaitingExit => {}
             UpstreamState::ExitedDraining { status } => {
                 self.upstream_gone(
                     Some(status),
@@ -813,6 +916,14 @@ impl Gateway {
                 // Its last bytes may still be on their way from the reader.
                 self.upstream = UpstreamState::ExitedDraining { status };
                 self.deadline = Some(after(now, EXIT_DRAIN));
+            }
+            UpstreamState::ClosedAwaitingExit => {
+                self.upstream_gone(
+                    Some(status),
+                    &format!("the upstream server exited ({status})"),
+                    now,
+                );
+                self.finish_after_exit();
             }
             UpstreamState::Gone {
                 status: None,
@@ -869,6 +980,7 @@ impl Gateway {
         if let Some(status) = status {
             self.audit_upstream_exit(status, now);
         }
+        self.request_deadlines.clear();
         let pending: Vec<(RequestId, Pending)> = std::mem::take(&mut self.client_requests)
             .into_iter()
             .collect();
@@ -889,6 +1001,7 @@ impl Gateway {
     // ----- timers and shutdown -----
 
     fn on_timeout(&mut self, now: Timestamp) {
+        self.expire_requests(now);
         let Some(deadline) = self.deadline else {
             return;
         };
@@ -896,6 +1009,17 @@ impl Gateway {
             return;
         }
         self.deadline = None;
+        if self.upstream == UpstreamState::ClosedAwaitingExit {
+            self.upstream_gone(None, "the upstream server closed its output", now);
+            if self.shutdown == Shutdown::No {
+                // The process may still run: stop it.
+                self.start_shutdown(now);
+            } else {
+                // Shutting down already: keep escalating.
+                self.deadline = Some(after(now, SHUTDOWN_GRACE));
+            }
+            return;
+        }
         if let UpstreamState::ExitedDraining { status } = self.upstream {
             self.upstream_gone(
                 Some(status),
@@ -943,7 +1067,10 @@ impl Gateway {
         }
         self.emit(Output::CloseUpstreamInput);
         self.shutdown = Shutdown::InputClosed;
-        if !matches!(self.upstream, UpstreamState::ExitedDraining { .. }) {
+        if !matches!(
+            self.upstream,
+            UpstreamState::ExitedDraining { .. } | UpstreamState::ClosedAwaitingExit
+        ) {
             self.deadline = Some(after(now, SHUTDOWN_GRACE));
         }
     }
@@ -970,7 +1097,7 @@ impl Gateway {
     }
 
     fn fail_client_request(&mut self, id: &RequestId, code: i64, reason: &str, now: Timestamp) {
-        if let Some(p) = self.client_requests.remove(id) {
+        if let Some(p) = self.take_client_request(id) {
             let mut record = self.response_record(
                 now,
                 Source::Gateway,
@@ -1071,6 +1198,74 @@ impl Gateway {
         }
     }
 
+    /// Removes a client request from the in-flight table (and its deadline).
+    fn take_client_request(&mut self, id: &RequestId) -> Option<Pending> {
+        let pending = self.client_requests.remove(id)?;
+        if let Some(timeout) = self.limits.request_timeout_ms {
+            let deadline = after(
+                pending.forwarded_at,
+                SignedDuration::from_millis(timeout as i64),
+            );
+            self.request_deadlines.remove(&(deadline, id.clone()));
+        }
+        Some(pending)
+    }
+
+    /// Drops a request whose end will not be reported (cancelled and replaced).
+    fn forget_client_request(&mut self, id: &RequestId) {
+        self.take_client_request(id);
+    }
+
+    /// Makes room in a full in-flight table by dropping the oldest cancelled
+    /// request, whose answer nobody waits for.
+    fn evict_cancelled_client_request(&mut self) {
+        if let Some(id) = first_cancelled(&self.client_requests) {
+            self.forget_client_request(&id);
+        }
+    }
+
+    /// Answers every client request whose timeout has passed, and tells the
+    /// server to stop working on it.
+    fn expire_requests(&mut self, now: Timestamp) {
+        while let Some((deadline, id)) = self.request_deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.request_deadlines.pop_first();
+            let Some(pending) = self.client_requests.remove(&id) else {
+                continue;
+            };
+            let timeout = self.limits.request_timeout_ms.unwrap_or_default();
+            let reason = format!("no answer from the upstream server within {timeout} ms (proxy.limits.request_timeout_ms)");
+            let mut record = self.record(now, EventType::Timeout, Source::Gateway);
+            record.method = Some(pending.method.clone());
+            record.tool = pending.tool.clone();
+            record.request_id = Some(id.to_string());
+            record.status = Some("error");
+            record.duration_ms = Some(millis_between(pending.forwarded_at, now));
+            record.reason = Some(reason.clone());
+            self.audit(record);
+            self.timed_out.insert(id.clone());
+            self.reply_error(
+                &id,
+                &pending.method,
+                pending.tool,
+                jsonrpc::REQUEST_TIMEOUT,
+                &reason,
+                now,
+            );
+            if self.unavailable_reason().is_none() {
+                let mut cancel = Vec::with_capacity(128);
+                cancel.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{\"requestId\":");
+                id.write_json(&mut cancel);
+                cancel.extend_from_slice(b",\"reason\":");
+                jsonrpc::write_json_string(&mut cancel, &reason);
+                cancel.extend_from_slice(b"}}\n");
+                self.emit(Output::ToUpstream(cancel));
+            }
+        }
+    }
+
     /// Queues an output that carries no peer data (a gateway reply, a signal).
     fn emit(&mut self, output: Output) {
         self.outputs.push_back(Queued {
@@ -1144,7 +1339,7 @@ impl Gateway {
         );
         match fallback {
             Fallback::ClientRequest(id) => {
-                self.client_requests.remove(&id);
+                self.take_client_request(&id);
                 Some(Output::ToClient(error_response(
                     Some(&id),
                     jsonrpc::AUDIT_LOG_UNAVAILABLE,
@@ -1233,6 +1428,26 @@ fn tool_name(params: Option<&RawValue>) -> Result<String, String> {
         .name
         .ok_or_else(|| "params.name is missing".to_owned())?;
     jsonrpc::json_string(name).ok_or_else(|| "params.name is not a string".to_owned())
+}
+
+/// The oldest cancelled request of an in-flight table, if any.
+fn first_cancelled(table: &BTreeMap<RequestId, Pending>) -> Option<RequestId> {
+    table
+        .iter()
+        .filter(|(_, p)| p.cancelled)
+        .min_by_key(|(_, p)| p.forwarded_at)
+        .map(|(id, _)| id.clone())
+}
+
+/// The `requestId` of a `notifications/cancelled`.
+fn cancelled_request_id(params: Option<&RawValue>) -> Option<RequestId> {
+    #[derive(serde::Deserialize)]
+    struct CancelParams<'a> {
+        #[serde(borrow, rename = "requestId")]
+        request_id: Option<&'a RawValue>,
+    }
+    let params: CancelParams<'_> = serde_json::from_str(params?.get()).ok()?;
+    RequestId::from_raw(params.request_id?)
 }
 
 /// `params.<field>.name` (`clientInfo` / `serverInfo`), if it is a string.

@@ -27,6 +27,9 @@ pub const GATEWAY_NOT_STARTED: i64 = -32005;
 /// Error code the gateway uses when a critical audit log cannot be written
 /// and a message is withheld rather than passed unaudited.
 pub const AUDIT_LOG_UNAVAILABLE: i64 = -32006;
+/// Error code the gateway uses when the upstream did not answer in time
+/// (`proxy.limits.request_timeout_ms`).
+pub const REQUEST_TIMEOUT: i64 = -32007;
 
 /// A JSON-RPC request id. MCP allows only strings and integers.
 ///
@@ -58,7 +61,7 @@ impl RequestId {
         }
     }
 
-    fn from_raw(raw: &RawValue) -> Option<RequestId> {
+    pub(crate) fn from_raw(raw: &RawValue) -> Option<RequestId> {
         let text = raw.get();
         if text.starts_with('"') {
             return serde_json::from_str::<String>(text)

@@ -721,3 +721,96 @@ fn server_response_whose_record_is_lost_is_withheld_from_the_client() {
         "{reply}"
     );
 }
+
+#[test]
+fn request_timeout_answers_the_client_cancels_at_the_server_and_drops_the_late_answer() {
+    let mut config = tutorial_config();
+    config.proxy.limits.request_timeout_ms = Some(1000);
+    let mut h = Harness::new(config);
+    let deadline = h.input(Input::ClientBytes(b"{\"jsonrpc\":\"2.0\",\"id\":\"slow\",\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\"}}\n"));
+    assert_eq!(
+        deadline,
+        Some(h.now.checked_add(SignedDuration::from_secs(1)).unwrap())
+    );
+    h.advance(999);
+    h.input(Input::Timeout);
+    assert!(h.to_client.is_empty(), "an early timer does nothing");
+    h.advance(1);
+    assert_eq!(h.input(Input::Timeout), None, "no deadline left");
+    assert_eq!(h.to_client[0]["id"], "slow");
+    assert_eq!(h.to_client[0]["error"]["code"], -32007);
+    assert_eq!(
+        serde_json::from_str::<Value>(&h.to_upstream[1]).unwrap(),
+        json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"slow","reason":"no answer from the upstream server within 1000 ms (proxy.limits.request_timeout_ms)"}})
+    );
+    let timeout = h
+        .audit
+        .iter()
+        .find(|r| r["event_type"] == "TIMEOUT")
+        .unwrap();
+    assert_eq!(timeout["tool"], "read_file");
+    assert_eq!(timeout["duration_ms"], 1000);
+    h.upstream(r#"{"jsonrpc":"2.0","id":"slow","result":{}}"#);
+    assert_eq!(h.to_client.len(), 1, "the late answer is not passed on");
+    let late = h.audit.last().unwrap();
+    assert_eq!(late["event_type"], "RESPONSE");
+    assert_eq!(late["status"], "dropped");
+}
+
+#[test]
+fn answered_requests_leave_no_timer_behind() {
+    let mut config = tutorial_config();
+    config.proxy.limits.request_timeout_ms = Some(1000);
+    let mut h = Harness::new(config);
+    h.client(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    assert_eq!(
+        h.input(Input::UpstreamBytes(
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n"
+        )),
+        None
+    );
+}
+
+#[test]
+fn cancelled_requests_pass_through_and_make_room_when_the_table_is_full() {
+    let mut config = tutorial_config();
+    config.proxy.limits.max_in_flight_requests = 1;
+    let mut h = Harness::new(config);
+    h.client(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"reason":"user"}}"#;
+    h.client(cancel);
+    assert_eq!(
+        h.to_upstream[1],
+        format!("{cancel}\n"),
+        "the cancellation passes unchanged"
+    );
+    assert_eq!(h.audit.last().unwrap()["request_id"], "1");
+    // The table is full, but the only entry was cancelled: room is made.
+    h.client(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
+    assert_eq!(h.to_upstream.len(), 3);
+    assert!(h.to_client.is_empty());
+}
+
+#[test]
+fn output_closed_before_exit_still_reports_how_the_upstream_ended() {
+    let mut h = Harness::tutorial();
+    h.client(r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"read_file"}}"#);
+    let deadline = h
+        .input(Input::UpstreamEof)
+        .expect("waits briefly for the exit");
+    assert!(h.to_client.is_empty());
+    h.input(Input::UpstreamExited(ExitStatus::Code(3)));
+    assert!(h.to_client[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exit code 3"));
+    assert_eq!(h.actions, vec![Output::Exit(1)]);
+
+    // An upstream that closes its output but keeps running is stopped.
+    let mut h = Harness::tutorial();
+    let deadline2 = h.input(Input::UpstreamEof).unwrap();
+    assert_eq!(deadline2, deadline);
+    h.now = deadline2;
+    h.input(Input::Timeout);
+    assert_eq!(h.actions, vec![Output::CloseUpstreamInput]);
+}

@@ -50,6 +50,11 @@ pub(super) fn format(record: &AuditRecord, out: &mut Vec<u8>) {
             parts.push(format!("from {}", record.source.as_str()));
             parts.extend(record.reason.clone());
         }
+        EventType::Timeout => {
+            parts.extend(record.method.clone());
+            parts.extend(record.tool.clone());
+            parts.extend(record.reason.clone());
+        }
         EventType::UpstreamStarted | EventType::UpstreamExited => {
             parts.extend(record.reason.clone());
         }

@@ -32,6 +32,8 @@ pub enum EventType {
     UpstreamStarted,
     /// The upstream server exited or closed its output.
     UpstreamExited,
+    /// A request got no answer within the configured timeout.
+    Timeout,
 }
 
 impl EventType {
@@ -46,6 +48,7 @@ impl EventType {
             EventType::ProtocolError => "PROTOCOL_ERROR",
             EventType::UpstreamStarted => "UPSTREAM_STARTED",
             EventType::UpstreamExited => "UPSTREAM_EXITED",
+            EventType::Timeout => "TIMEOUT",
         }
     }
 
