@@ -32,6 +32,7 @@ pub mod audit_files;
 pub mod capture;
 mod pipes;
 pub mod process;
+pub mod signals;
 
 pub use audit_files::AuditFile;
 // Shared with other runtimes, so that they bound memory and time alike.
@@ -86,7 +87,8 @@ pub struct RunOptions {
 /// cannot be started is not an error: the gateway answers the client's first
 /// request with the reason and exits with 1.
 pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
-    drive(gateway, options, io::stdin(), io::stdout())
+    let signals = signals::TerminationSignals::block()?;
+    drive(gateway, options, io::stdin(), io::stdout(), Some(signals))
 }
 
 /// Something that happened on another thread.
@@ -98,6 +100,8 @@ enum Event {
     UpstreamBytes(Vec<u8>),
     UpstreamEof,
     UpstreamExited(ExitStatus),
+    /// The gateway was sent SIGTERM, SIGINT or SIGHUP.
+    Signal(i32),
 }
 
 /// Where the gateway stands after its outputs were carried out.
@@ -114,6 +118,7 @@ fn drive<R, W>(
     options: RunOptions,
     client_input: R,
     client_output: W,
+    signals: Option<signals::TerminationSignals>,
 ) -> io::Result<i32>
 where
     R: Read + Send + 'static,
@@ -149,7 +154,20 @@ where
         upstream: None,
         client_eof_fed: false,
         recorder,
+        signalled: false,
     };
+    if let Some(signals) = signals {
+        let tx = events_tx.clone();
+        thread::Builder::new()
+            .name("gatekit-signals".to_owned())
+            .spawn(move || {
+                while let Ok(signal) = signals.wait() {
+                    if tx.send(Event::Signal(signal)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+    }
     for state in driver.audit.open_states() {
         if let Step::Exit(code) = driver.feed(state.input()) {
             return Ok(code);
@@ -228,6 +246,8 @@ struct Driver {
     client_eof_fed: bool,
     /// Records every input when capturing.
     recorder: Option<capture::Recorder>,
+    /// A termination signal arrived; a second one stops at once.
+    signalled: bool,
 }
 
 /// A running upstream server.
@@ -248,6 +268,24 @@ impl Driver {
             Event::UpstreamBytes(bytes) => self.feed(Input::UpstreamBytes(&bytes)),
             Event::UpstreamEof => self.feed(Input::UpstreamEof),
             Event::UpstreamExited(status) => self.feed(Input::UpstreamExited(status)),
+            Event::Signal(signal) if self.signalled => {
+                log::warn!(
+                    target: LOG_TARGET,
+                    "received {} again; stopping now",
+                    signals::name(signal)
+                );
+                Step::Exit(128 + signal)
+            }
+            Event::Signal(signal) => {
+                log::info!(target: LOG_TARGET, "received {}; shutting down", signals::name(signal));
+                self.signalled = true;
+                if self.client_eof_fed {
+                    self.carry_out_outputs()
+                } else {
+                    self.client_eof_fed = true;
+                    self.feed(Input::ClientEof)
+                }
+            }
         }
     }
 
@@ -497,8 +535,9 @@ mod tests {
 
     fn gateway() -> Gateway {
         // The upstream command is given to `run` separately.
-        let config: Config = serde_json::from_str(r#"{"proxy": {"upstream": {"command": "unused"}}}"#)
-            .expect("a minimal config parses");
+        let config: Config =
+            serde_json::from_str(r#"{"proxy": {"upstream": {"command": "unused"}}}"#)
+                .expect("a minimal config parses");
         Gateway::new(&config)
     }
 
@@ -527,7 +566,7 @@ mod tests {
             audit_files: Vec::new(),
             capture: None,
         };
-        let code = drive(gateway(), options, input, output.clone()).expect("runs");
+        let code = drive(gateway(), options, input, output.clone(), None).expect("runs");
         assert_eq!(code, 1);
         let reply = output.text();
         assert!(reply.contains("\"id\":1"), "{reply}");
@@ -552,7 +591,7 @@ mod tests {
             drop(tx);
         });
         let script = r#"read line; echo "got $line" >&2; echo '{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}'; cat >/dev/null"#;
-        let code = drive(gateway(), shell(script), input, output.clone()).expect("runs");
+        let code = drive(gateway(), shell(script), input, output.clone(), None).expect("runs");
         assert_eq!(code, 0);
         assert_eq!(
             output.text(),
@@ -565,7 +604,7 @@ mod tests {
         let (tx, input, output) = client();
         drop(tx);
         let start = Instant::now();
-        let code = drive(gateway(), shell("sleep 300"), input, output).expect("runs");
+        let code = drive(gateway(), shell("sleep 300"), input, output, None).expect("runs");
         assert_eq!(code, 0);
         // Closed stdin, a grace period, SIGTERM: well before the sleep ends.
         assert!(start.elapsed() < Duration::from_secs(30));
@@ -586,7 +625,7 @@ mod tests {
             "sleep 300 & echo $! > '{}'; exec cat >/dev/null",
             pid_file.display()
         );
-        let code = drive(gateway(), shell(&script), input, output).expect("runs");
+        let code = drive(gateway(), shell(&script), input, output, None).expect("runs");
         assert_eq!(code, 0);
         let pid = std::fs::read_to_string(&pid_file).expect("pid written");
         let _ = std::fs::remove_file(&pid_file);
