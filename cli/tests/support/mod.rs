@@ -73,8 +73,8 @@ pub fn workspace_root() -> PathBuf {
     cli.parent().expect("cli/ has a parent").to_path_buf()
 }
 
-/// The `test-upstream` binary (crate `testdata/test-upstream`), built on
-/// first use if `cargo test -p gatekit` did not build it.
+/// The `test-upstream` binary (crate `testdata/test-upstream`), brought up
+/// to date by `cargo build` on first use in each test binary.
 pub fn test_upstream_exe() -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -89,12 +89,11 @@ fn find_or_build_test_upstream() -> Result<PathBuf, String> {
         .parent()
         .ok_or("the gatekit binary has no directory")?;
     let exe = profile_dir.join(format!("test-upstream{}", std::env::consts::EXE_SUFFIX));
-    if exe.is_file() {
-        return Ok(exe);
-    }
+    // Always ask cargo: it is a quick no-op when the binary is up to date,
+    // and a stale test server would test yesterday's behaviour.
     let mut build = Command::new(env!("CARGO"));
     build
-        .args(["build", "-p", "gatekit-test-upstream"])
+        .args(["build", "--quiet", "-p", "gatekit-test-upstream"])
         .current_dir(workspace_root());
     if gatekit.to_string_lossy().contains("/release/") {
         build.arg("--release");
