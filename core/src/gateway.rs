@@ -715,9 +715,7 @@ impl Gateway {
                 }
                 record.method = Some(method);
                 self.audit(record);
-                if self.client_open {
-                    self.forward(Output::ToClient(with_newline(&line)), Fallback::Drop);
-                }
+                self.forward(Output::ToClient(with_newline(&line)), Fallback::Drop);
             }
             Ok(Message::Response {
                 id,
@@ -862,10 +860,10 @@ impl Gateway {
         }
         let record = self.response_record(now, Source::Server, &id, &pending, &outcome);
         self.audit(record);
-        if self.client_open {
-            let bytes = forwarded.unwrap_or_else(|| with_newline(line));
-            self.forward(Output::ToClient(bytes), Fallback::ServerResponse(id));
-        }
+        // Also after client EOF: a client that closed its input may still
+        // read the answers to what it asked.
+        let bytes = forwarded.unwrap_or_else(|| with_newline(line));
+        self.forward(Output::ToClient(bytes), Fallback::ServerResponse(id));
     }
 
     fn on_upstream_failed_to_start(&mut self, reason: &str, now: Timestamp) {
@@ -1373,9 +1371,7 @@ impl Gateway {
     }
 
     fn send_to_client(&mut self, bytes: Vec<u8>) {
-        if self.client_open {
-            self.emit(Output::ToClient(bytes));
-        }
+        self.emit(Output::ToClient(bytes));
     }
 }
 

@@ -814,3 +814,23 @@ fn output_closed_before_exit_still_reports_how_the_upstream_ended() {
     h.input(Input::Timeout);
     assert_eq!(h.actions, vec![Output::CloseUpstreamInput]);
 }
+
+#[test]
+fn answers_still_reach_a_client_that_closed_its_input() {
+    // `printf '…request…' | gatekit --config c.yaml` closes stdin at once but
+    // still reads stdout: every request it sent must get its answer.
+    let mut h = Harness::tutorial();
+    h.client(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    h.client(r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#);
+    h.input(Input::ClientEof);
+    h.upstream(r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"read_file"}]}}"#);
+    h.input(Input::UpstreamEof);
+    h.input(Input::UpstreamExited(ExitStatus::Code(0)));
+    assert_eq!(h.to_client.len(), 2, "{:?}", h.to_client);
+    assert_eq!(h.to_client[0]["id"], 1);
+    assert_eq!(h.to_client[1]["id"], 2);
+    assert_eq!(
+        h.to_client[1]["error"]["code"], -32002,
+        "the unanswered one gets an error, not silence"
+    );
+}
