@@ -47,6 +47,7 @@ mod framing;
 mod gateway;
 pub mod jsonrpc;
 mod policy;
+pub mod replay;
 mod rotation;
 mod strict_json;
 mod tools_filter;

@@ -272,7 +272,11 @@ impl Transcript {
                     let _ = write!(out, "\n{indent}{text}");
                 }
             }
-            out.push_str(if newline { "\n" } else { " (no newline at end)\n" });
+            out.push_str(if newline {
+                "\n"
+            } else {
+                " (no newline at end)\n"
+            });
         }
         if self.inputs_after_exit > 0 {
             let _ = writeln!(
@@ -650,12 +654,21 @@ mod tests {
         let text = replay(&config(&["read_file"]), &session(), Chunking::AsRecorded)
             .render(RenderOptions::default());
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "2024-06-16T10:30:15.000000000Z runtime    audit[0] file opened, holding 0 bytes");
+        assert_eq!(
+            lines[0],
+            "2024-06-16T10:30:15.000000000Z runtime    audit[0] file opened, holding 0 bytes"
+        );
         assert!(lines.contains(&"2024-06-16T10:30:15.003000000Z → upstream {\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\"}}"), "{text}");
         assert!(lines.contains(&"2024-06-16T10:30:15.003000000Z → client   {\"jsonrpc\":\"2.0\",\"id\":3,\"error\":{\"code\":-32001,\"message\":\"denied\"}}"), "{text}");
-        assert!(lines.contains(&"2024-06-16T10:30:15.007000000Z close upstream stdin"), "{text}");
+        assert!(
+            lines.contains(&"2024-06-16T10:30:15.007000000Z close upstream stdin"),
+            "{text}"
+        );
         assert_eq!(lines.last(), Some(&"2024-06-16T10:30:15.009000000Z exit 0"));
-        assert!(text.lines().any(|l| l.contains(" audit[0]   2024-06-16 ")), "{text}");
+        assert!(
+            text.lines().any(|l| l.contains(" audit[0]   2024-06-16 ")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -687,7 +700,10 @@ mod tests {
             // Fail closed: the request was refused, not forwarded.
             match actions[failed + 1] {
                 Action::ToClient(bytes) => {
-                    assert!(String::from_utf8_lossy(bytes).contains("-32006"), "{chunking:?}")
+                    assert!(
+                        String::from_utf8_lossy(bytes).contains("-32006"),
+                        "{chunking:?}"
+                    )
                 }
                 other => panic!("{chunking:?}: {other:?}"),
             }
@@ -720,10 +736,8 @@ mod tests {
 
     #[test]
     fn capture_text_is_read_and_a_cut_off_last_line_is_left_out() {
-        let mut text = String::from_utf8(
-            crate::capture::CaptureHeader::new("std", at(0)).to_line(),
-        )
-        .unwrap();
+        let mut text =
+            String::from_utf8(crate::capture::CaptureHeader::new("std", at(0)).to_line()).unwrap();
         for (t, input) in session() {
             text.push_str(std::str::from_utf8(&encode(t, &input.as_input())).unwrap());
         }
