@@ -475,11 +475,11 @@ fn play<O: Observer>(
         }
         // Reports no write claimed (another config, or a write the chunking
         // never reached) are fed where they were recorded.
-        while let Some((report_at, report)) = run.reports.pop_front() {
+        while let Some((_, report)) = run.reports.pop_front() {
             if run.exited {
                 break;
             }
-            run.report(*report_at, report);
+            run.report(*at, report);
             run.drain(*at);
         }
     }
@@ -500,7 +500,8 @@ impl<O: Observer> Run<'_, O> {
         self.drain(at);
     }
 
-    /// Feeds an audit file report, without polling.
+    /// Feeds an audit file report, without polling. `at` is the time of the
+    /// input whose audit write it concerns (its own for a report at startup).
     fn report(&mut self, at: Timestamp, input: &RecordedInput) {
         let action = match input {
             RecordedInput::AuditFileOpened {
@@ -542,8 +543,9 @@ impl<O: Observer> Run<'_, O> {
                         .front()
                         .is_some_and(|(_, r)| report_sink(r) == Some(sink));
                     if concerns_this_write {
-                        if let Some((report_at, report)) = self.reports.pop_front() {
-                            self.report(*report_at, report);
+                        if let Some((_, report)) = self.reports.pop_front() {
+                            // Shown with the time of the input whose write it concerns.
+                            self.report(at, report);
                         }
                     }
                     continue;
