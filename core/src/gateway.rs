@@ -439,7 +439,9 @@ impl Gateway {
         params: Option<&RawValue>,
         now: Timestamp,
     ) {
-        if method == "initialize" {
+        // The peers introduce themselves in the handshake (`initialize`
+        // up to 2025-11-25, `server/discover` with `_meta` since 2026-07-28).
+        if method == "initialize" || method == "server/discover" {
             if let Some(name) = params.and_then(|p| peer_name(p, "clientInfo")) {
                 self.client_name = Some(name);
             }
@@ -828,7 +830,7 @@ impl Gateway {
             self.protocol_error(Source::Server, Some(&id), None, &reason, now);
             return;
         };
-        if pending.method == "initialize" {
+        if pending.method == "initialize" || pending.method == "server/discover" {
             if let Some(name) = result.and_then(|r| peer_name(r, "serverInfo")) {
                 self.server_info_name = Some(name);
             }
@@ -1447,10 +1449,16 @@ fn cancelled_request_id(params: Option<&RawValue>) -> Option<RequestId> {
 }
 
 /// `params.<field>.name` (`clientInfo` / `serverInfo`), if it is a string.
+/// In 2026-07-28 sessions the client's info travels in
+/// `params._meta["io.modelcontextprotocol/clientInfo"]` instead.
 fn peer_name(object: &RawValue, field: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(object.get()).ok()?;
-    let name = value.get(field)?.get("name")?.as_str()?;
-    Some(name.to_owned())
+    let info = value.get(field).or_else(|| {
+        value
+            .get("_meta")?
+            .get(format!("io.modelcontextprotocol/{field}").as_str())
+    })?;
+    Some(info.get("name")?.as_str()?.to_owned())
 }
 
 /// The parameters recorded for a request: a tool's `arguments` for

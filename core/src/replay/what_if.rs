@@ -187,12 +187,20 @@ impl WhatIf {
             );
             return out;
         }
-        let _ = writeln!(
-            out,
-            "{} of {} client messages would be decided differently under NEW.",
-            self.changes.len(),
-            self.messages_compared
-        );
+        if self.changes.is_empty() {
+            let _ = writeln!(
+                out,
+                "No client message would be decided differently under NEW ({} compared).",
+                self.messages_compared
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{} of {} client messages would be decided differently under NEW.",
+                self.changes.len(),
+                self.messages_compared
+            );
+        }
         let mut replayed_traffic_note = false;
         for change in &self.changes {
             out.push('\n');
@@ -227,7 +235,10 @@ impl WhatIf {
                 }
                 (Decision::Forwarded, _) => {
                     replayed_traffic_note = true;
-                    None
+                    Some("a notification has no answer, so none is dropped.".to_owned())
+                }
+                (_, Decision::Forwarded) => {
+                    Some("a notification has no answer, so the replay misses none.".to_owned())
                 }
                 _ => None,
             };
