@@ -256,6 +256,10 @@ pub struct GatewayConfig {
     pub audit_file: String,
     /// `proxy.limits.max_message_bytes`, if set.
     pub max_message_bytes: Option<usize>,
+    /// `proxy.limits.max_in_flight_requests`, if set.
+    pub max_in_flight_requests: Option<usize>,
+    /// `proxy.limits.request_timeout_ms`, if set.
+    pub request_timeout_ms: Option<u64>,
     /// `max_file_size_mb` of the audit file (the tutorial's 10 by default).
     pub max_file_size_mb: f64,
     /// `backup_count` of the audit file (the tutorial's 5 by default).
@@ -270,6 +274,8 @@ impl GatewayConfig {
             allowed_tools: None,
             audit_file: "logs/audit.log".to_owned(),
             max_message_bytes: None,
+            max_in_flight_requests: None,
+            request_timeout_ms: None,
             max_file_size_mb: 10.0,
             backup_count: 5,
         }
@@ -294,12 +300,40 @@ impl GatewayConfig {
         self
     }
 
+    /// Sets `proxy.limits.max_in_flight_requests`.
+    pub fn max_in_flight_requests(mut self, requests: usize) -> Self {
+        self.max_in_flight_requests = Some(requests);
+        self
+    }
+
+    /// Sets `proxy.limits.request_timeout_ms`.
+    pub fn request_timeout_ms(mut self, ms: u64) -> Self {
+        self.request_timeout_ms = Some(ms);
+        self
+    }
+
     /// The YAML text.
     pub fn yaml(&self) -> String {
         let mut text = String::from("proxy:\n  transport: stdio\n  upstream:\n");
         text.push_str(&format!("    command: {}\n", yaml_list(&self.upstream)));
-        if let Some(bytes) = self.max_message_bytes {
-            text.push_str(&format!("  limits:\n    max_message_bytes: {bytes}\n"));
+        let limits = [
+            (
+                "max_message_bytes",
+                self.max_message_bytes.map(|v| v as u64),
+            ),
+            (
+                "max_in_flight_requests",
+                self.max_in_flight_requests.map(|v| v as u64),
+            ),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ];
+        if limits.iter().any(|(_, v)| v.is_some()) {
+            text.push_str("  limits:\n");
+            for (key, value) in limits {
+                if let Some(value) = value {
+                    text.push_str(&format!("    {key}: {value}\n"));
+                }
+            }
         }
         text.push_str("plugins:\n  auditing:\n    - policy: \"file_auditing\"\n      enabled: true\n      config:\n");
         text.push_str(&format!(
