@@ -350,7 +350,7 @@ impl Gateway {
             } => {
                 if let Some(s) = self.sinks.get_mut(sink.0) {
                     if s.opened(existing_bytes) {
-                        log::info!(target: "gatekit.audit", "audit log {} is writable again", sink.0);
+                        log::info!(target: "gatekit.audit", "audit log {} is writable again", s.output_file());
                     }
                 }
             }
@@ -1275,14 +1275,11 @@ impl Gateway {
     }
 
     /// Queues a forwarded message, whose audit record was queued just before.
-    /// While a critical audit sink is broken, the fallback goes out instead.
+    /// If writing that record fails (reported with [`Input::AuditWriteFailed`]
+    /// before this output is polled), the fallback goes out instead. A sink
+    /// that failed earlier is not judged in advance: the write of this
+    /// message's record is what tells whether it works again.
     fn forward(&mut self, output: Output, fallback: Fallback) {
-        if self.audit_failure().is_some() {
-            if let Some(replacement) = self.fall_back(fallback) {
-                self.emit(replacement);
-            }
-            return;
-        }
         self.outputs.push_back(Queued {
             output,
             fallback: Some(fallback),

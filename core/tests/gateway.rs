@@ -655,13 +655,13 @@ fn critical_audit_failure_withholds_messages_until_the_log_recovers() {
         .contains("disk full"));
     assert_eq!(gateway.in_flight(), 0);
 
-    // Still broken: refused without even trying to forward.
+    // Still broken: the next record fails too, and that request is refused.
     let call2 = call
         .to_vec()
         .iter()
         .map(|b| if *b == b'1' { b'2' } else { *b })
         .collect::<Vec<u8>>();
-    let out = drive_with_failing_audit(&mut gateway, Input::ClientBytes(&call2), now, false);
+    let out = drive_with_failing_audit(&mut gateway, Input::ClientBytes(&call2), now, true);
     assert!(
         out.iter().all(|o| !matches!(o, Output::ToUpstream(_))),
         "{out:?}"

@@ -177,6 +177,8 @@ pub(crate) struct AuditSink {
     csv: CsvConfig,
     rotation: RotationPlan,
     critical: bool,
+    /// The configured file, for messages.
+    output_file: String,
     /// Why the last write failed, until the file is reopened.
     failure: Option<String>,
 }
@@ -188,6 +190,7 @@ impl AuditSink {
             mode: config.mode,
             csv: config.csv_config.clone(),
             critical: config.critical,
+            output_file: config.output_file.clone(),
             failure: None,
             rotation: RotationPlan::new(config.max_file_size_mb.bytes()),
         }
@@ -213,6 +216,11 @@ impl AuditSink {
     /// Marks the sink broken; returns true if it was healthy until now.
     pub(crate) fn failed(&mut self, reason: &str) -> bool {
         self.failure.replace(reason.to_owned()).is_none()
+    }
+
+    /// The configured file, for messages.
+    pub(crate) fn output_file(&self) -> &str {
+        &self.output_file
     }
 
     /// Whether the gateway must refuse to pass messages without this sink.
