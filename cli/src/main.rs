@@ -38,12 +38,40 @@ struct Args {
     #[argh(option)]
     capture: Option<PathBuf>,
 
+    /// which runtime drives the gateway: std (threads, the default) or smol
+    /// (async); both behave the same
+    #[argh(option, default = "Runtime::Std")]
+    runtime: Runtime,
+
     /// print the version and exit
     #[argh(switch, short = 'V')]
     version: bool,
 
     #[argh(subcommand)]
     command: Option<Command>,
+}
+
+/// The runtime that moves the bytes; the gateway is the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    /// `gatekit-runtime-std`: blocking threads.
+    Std,
+    /// `gatekit-runtime-smol`: one thread running smol tasks.
+    Smol,
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "std" => Ok(Runtime::Std),
+            "smol" => Ok(Runtime::Smol),
+            _ => Err(format!(
+                "unknown runtime `{name}`: expected `std` or `smol`"
+            )),
+        }
+    }
 }
 
 #[derive(FromArgs, Debug)]
@@ -65,7 +93,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(demo_args)) => demo::run(&demo_args),
         Some(Command::DemoServer(server_args)) => demo::serve(&server_args),
         None => match args.config {
-            Some(path) => run_gateway(path, args.verbose, args.capture),
+            Some(path) => run_gateway(path, args.verbose, args.capture, args.runtime),
             None => {
                 eprintln!(
                     "gatekit: missing --config FILE (see `gatekit --help`; try `gatekit demo`)"
@@ -91,7 +119,7 @@ fn capture_path(template: &str) -> PathBuf {
 }
 
 /// Runs the gateway on stdin/stdout until the client or the upstream leaves.
-fn run_gateway(path: PathBuf, verbose: bool, capture: Option<PathBuf>) -> i32 {
+fn run_gateway(path: PathBuf, verbose: bool, capture: Option<PathBuf>, runtime: Runtime) -> i32 {
     logging::init(verbose);
     log::info!(target: "gatekit.main", "Loading configuration from {}", path.display());
     let loaded = match config_file::load(&path) {
@@ -147,7 +175,11 @@ fn run_gateway(path: PathBuf, verbose: bool, capture: Option<PathBuf>) -> i32 {
         log::info!(target: "gatekit.main", "Recording this session to {}", capture.display());
     }
     let gateway = Gateway::new(config);
-    match gatekit_runtime_std::run(gateway, options) {
+    let result = match runtime {
+        Runtime::Std => gatekit_runtime_std::run(gateway, options),
+        Runtime::Smol => gatekit_runtime_smol::run(gateway, options),
+    };
+    match result {
         Ok(code) => code,
         Err(error) => startup_failure::report(&format!("cannot start: {error}")),
     }
