@@ -10,7 +10,8 @@
 //!
 //! Nothing here blocks or spawns threads, so an async runtime can reuse it:
 //! `async_process::Command` converts from the `std::process::Command` that
-//! [`command`] builds.
+//! [`command`] builds — but the conversion drops the stdio settings, so the
+//! pipes must be set again on the converted command (runtime-smol does).
 
 use gatekit_core::{ExitStatus, UpstreamSignal};
 use std::io;
