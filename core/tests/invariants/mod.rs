@@ -92,8 +92,9 @@ struct Session {
     client_bytes: Vec<u8>,
     /// Responses the client received, per id.
     responses: BTreeMap<String, usize>,
-    /// Ids of `tools/list` requests that reached the upstream.
-    tools_list_ids: std::collections::BTreeSet<String>,
+    /// The method of the latest request with each id that reached the
+    /// upstream (ids may be reused once a request is over).
+    forwarded_methods: BTreeMap<String, String>,
     exited: bool,
     upstream_gone: bool,
 }
@@ -109,7 +110,7 @@ pub fn check_session(data: &[u8]) {
         forwarded: Vec::new(),
         client_bytes: Vec::new(),
         responses: BTreeMap::new(),
-        tools_list_ids: std::collections::BTreeSet::new(),
+        forwarded_methods: BTreeMap::new(),
         exited: false,
         upstream_gone: false,
     };
@@ -250,7 +251,9 @@ impl Session {
                         let message = strict_json(line, "a line to the client");
                         if message.get("method").is_none() {
                             let id = id_key(&message["id"]);
-                            if self.tools_list_ids.contains(&id) {
+                            if self.forwarded_methods.get(&id).map(String::as_str)
+                                == Some("tools/list")
+                            {
                                 check_listed_tools(&message);
                             }
                             *self.responses.entry(id).or_default() += 1;
@@ -269,9 +272,10 @@ impl Session {
                             );
                         }
                         if message.get("method").is_some() && message.get("id").is_some() {
-                            if message["method"] == "tools/list" {
-                                self.tools_list_ids.insert(id_key(&message["id"]));
-                            }
+                            self.forwarded_methods.insert(
+                                id_key(&message["id"]),
+                                message["method"].as_str().unwrap_or_default().to_owned(),
+                            );
                             self.forwarded.push(message);
                         }
                     }
