@@ -9,6 +9,7 @@ mod config_file;
 mod demo;
 mod demo_server;
 mod logging;
+mod replay;
 mod shell_words;
 mod startup_failure;
 
@@ -78,6 +79,7 @@ impl std::str::FromStr for Runtime {
 #[argh(subcommand)]
 enum Command {
     Check(check::CheckArgs),
+    Replay(replay::ReplayArgs),
     Demo(demo::DemoArgs),
     DemoServer(demo::DemoServerArgs),
 }
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
     }
     let code = match args.command {
         Some(Command::Check(check_args)) => check::run(&check_args),
+        Some(Command::Replay(replay_args)) => replay::run(&replay_args),
         Some(Command::Demo(demo_args)) => demo::run(&demo_args),
         Some(Command::DemoServer(server_args)) => demo::serve(&server_args),
         None => match args.config {
