@@ -121,11 +121,15 @@ enum Fallback {
     /// A client request: answer it with an error and forget it.
     ClientRequest(RequestId),
     /// A server response: give the client an error instead.
-    ServerResponse(RequestId),
+    ServerResponse {
+        id: RequestId,
+        method: String,
+        tool: Option<String>,
+    },
     /// A server request: answer the server with an error and forget it.
     ServerRequest(RequestId),
     /// A client's answer to a server request: tell the server it failed.
-    ClientResponse(RequestId),
+    ClientResponse { id: RequestId, method: String },
     /// A notification: drop it.
     Drop,
 }
@@ -354,7 +358,9 @@ impl Gateway {
                     }
                 }
             }
-            Input::AuditWriteFailed { sink, reason } => self.on_audit_write_failed(sink, reason),
+            Input::AuditWriteFailed { sink, reason } => {
+                self.on_audit_write_failed(sink, reason, now)
+            }
             Input::Timeout => self.on_timeout(now),
         }
     }
@@ -626,7 +632,10 @@ impl Gateway {
         if self.unavailable_reason().is_none() {
             self.forward(
                 Output::ToUpstream(with_newline(line)),
-                Fallback::ClientResponse(id),
+                Fallback::ClientResponse {
+                    id,
+                    method: pending.method,
+                },
             );
         }
     }
@@ -865,7 +874,14 @@ impl Gateway {
         // Also after client EOF: a client that closed its input may still
         // read the answers to what it asked.
         let bytes = forwarded.unwrap_or_else(|| with_newline(line));
-        self.forward(Output::ToClient(bytes), Fallback::ServerResponse(id));
+        self.forward(
+            Output::ToClient(bytes),
+            Fallback::ServerResponse {
+                id,
+                method: pending.method,
+                tool: pending.tool,
+            },
+        );
     }
 
     fn on_upstream_failed_to_start(&mut self, reason: &str, now: Timestamp) {
@@ -1293,7 +1309,7 @@ impl Gateway {
             .find_map(|s| s.critical_failure().map(str::to_owned))
     }
 
-    fn on_audit_write_failed(&mut self, sink: AuditSinkId, reason: &str) {
+    fn on_audit_write_failed(&mut self, sink: AuditSinkId, reason: &str, now: Timestamp) {
         let Some(s) = self.sinks.get_mut(sink.0) else {
             return;
         };
@@ -1320,7 +1336,7 @@ impl Gateway {
             match entry.fallback {
                 None => self.outputs.push_back(entry),
                 Some(fallback) => {
-                    if let Some(replacement) = self.fall_back(fallback) {
+                    if let Some(replacement) = self.fall_back(fallback, now) {
                         self.emit(replacement);
                     }
                 }
@@ -1328,45 +1344,44 @@ impl Gateway {
         }
     }
 
-    /// What replaces a forward that cannot be audited.
-    fn fall_back(&mut self, fallback: Fallback) -> Option<Output> {
+    /// What replaces a forward that cannot be audited; the replacement
+    /// reply is audited like any reply the gateway makes (the broken sink
+    /// will fail to take it, the others record it).
+    fn fall_back(&mut self, fallback: Fallback, now: Timestamp) -> Option<Output> {
         let message = format!(
             "Gatekit cannot write its audit log ({}), and the log is critical, so this message was not passed on",
             self.audit_failure().unwrap_or_default()
         );
-        match fallback {
+        let code = jsonrpc::AUDIT_LOG_UNAVAILABLE;
+        // (to the client?, id, method, tool) of the reply that replaces it.
+        let (to_client, id, method, tool) = match fallback {
+            Fallback::Drop => return None,
             Fallback::ClientRequest(id) => {
-                self.take_client_request(&id);
-                Some(Output::ToClient(error_response(
-                    Some(&id),
-                    jsonrpc::AUDIT_LOG_UNAVAILABLE,
-                    &message,
-                    None,
-                )))
+                let pending = self.take_client_request(&id);
+                let (method, tool) = pending.map_or((None, None), |p| (Some(p.method), p.tool));
+                (true, id, method, tool)
             }
-            Fallback::ServerResponse(id) => Some(Output::ToClient(error_response(
-                Some(&id),
-                jsonrpc::AUDIT_LOG_UNAVAILABLE,
-                &message,
-                None,
-            ))),
+            Fallback::ServerResponse { id, method, tool } => (true, id, Some(method), tool),
             Fallback::ServerRequest(id) => {
-                self.server_requests.remove(&id);
-                Some(Output::ToUpstream(error_response(
-                    Some(&id),
-                    jsonrpc::AUDIT_LOG_UNAVAILABLE,
-                    &message,
-                    None,
-                )))
+                let method = self.server_requests.remove(&id).map(|p| p.method);
+                (false, id, method, None)
             }
-            Fallback::ClientResponse(id) => Some(Output::ToUpstream(error_response(
-                Some(&id),
-                jsonrpc::AUDIT_LOG_UNAVAILABLE,
-                &message,
-                None,
-            ))),
-            Fallback::Drop => None,
-        }
+            Fallback::ClientResponse { id, method } => (false, id, Some(method), None),
+        };
+        let mut record = self.record(now, EventType::Response, Source::Gateway);
+        record.method = method;
+        record.tool = tool;
+        record.status = Some("error");
+        record.request_id = Some(id.to_string());
+        record.error_code = Some(code);
+        record.error_message = Some(message.clone());
+        self.audit(record);
+        let reply = error_response(Some(&id), code, &message, None);
+        Some(if to_client {
+            Output::ToClient(reply)
+        } else {
+            Output::ToUpstream(reply)
+        })
     }
 
     fn send_to_client(&mut self, bytes: Vec<u8>) {

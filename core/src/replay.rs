@@ -699,8 +699,13 @@ mod tests {
                 .position(|a| matches!(a, Action::AuditWriteFailed { .. }))
                 .unwrap();
             assert!(matches!(actions[failed - 1], Action::Audit(_)));
-            // Fail closed: the request was refused, not forwarded.
-            match actions[failed + 1] {
+            // Fail closed: the request was refused (and the refusal
+            // audited), not forwarded.
+            assert!(
+                matches!(actions[failed + 1], Action::Audit(_)),
+                "{chunking:?}"
+            );
+            match actions[failed + 2] {
                 Action::ToClient(bytes) => {
                     assert!(
                         String::from_utf8_lossy(bytes).contains("-32006"),

@@ -160,7 +160,7 @@ pub struct AuditSinkId(pub usize);
 /// Bytes for the runtime to append to one sink's file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditWrite {
-    /// Which sink (see [`crate::Gateway::audit_sinks`]).
+    /// Which sink (see [`crate::audit_sinks`]).
     pub sink: AuditSinkId,
     /// Rotate the file before appending (`audit.log` → `audit.log.1` …).
     pub rotate_first: bool,
