@@ -544,3 +544,59 @@ fn sigterm_to_the_gateway_leaves_no_upstream_behind() {
         show(&audit)
     );
 }
+
+#[test]
+fn upstream_without_execute_permission_is_told_to_the_client() {
+    let dir = TempDir::new("not-executable");
+    let program = dir.join("server.sh");
+    write_file(&program, "#!/bin/sh\nexit 0\n");
+    // Readable but not executable: exec fails with EACCES (also for root).
+    let config = GatewayConfig::new(vec![program.to_string_lossy().into_owned()])
+        .allow(&ALLOWED)
+        .write(dir.path());
+    let mut gateway = Session::gateway(&config);
+    let init = gateway.initialize(json!(1));
+    let message = init["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("permission denied"), "{init}");
+    assert!(message.contains("server.sh"), "{init}");
+    let finished = gateway.finish_without_closing();
+    assert!(!finished.status.success(), "{}", finished.stderr);
+}
+
+#[test]
+fn a_request_that_times_out_is_answered_cancelled_and_its_late_answer_dropped() {
+    let dir = TempDir::new("timeout");
+    let record = dir.join("received.jsonl");
+    let record_arg = record.to_string_lossy().into_owned();
+    let config = GatewayConfig::new(test_upstream(&["--record", &record_arg]))
+        .allow(&ALLOWED)
+        .request_timeout_ms(300)
+        .write(dir.path());
+    let mut gateway = Session::gateway(&config);
+    gateway.initialize(json!(0));
+    let slow = gateway.call_tool(json!("slow"), "slow", json!({"ms": 1500}));
+    assert_eq!(slow["error"]["code"], -32007, "{slow}");
+    // The late answer arrives at the gateway meanwhile; the next call still works.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    result_text(&gateway.call_tool(json!("after"), "echo", json!({})));
+    let finished = gateway.finish();
+    assert!(
+        finished.unread.is_empty(),
+        "the late answer was passed on: {:?}",
+        finished.unread
+    );
+    let received = std::fs::read_to_string(&record).expect("recorded");
+    assert!(
+        received
+            .lines()
+            .any(|l| l.contains("notifications/cancelled") && l.contains("\"slow\"")),
+        "the server was told to stop:\n{received}"
+    );
+    let audit = audit_of(&dir);
+    assert_eq!(records(&audit, "TIMEOUT").len(), 1, "{}", show(&audit));
+    let late = audit
+        .iter()
+        .find(|r| r["event_type"] == "RESPONSE" && r["status"] == "dropped")
+        .unwrap_or_else(|| panic!("no record of the late answer:\n{}", show(&audit)));
+    assert_eq!(late["request_id"], "slow");
+}

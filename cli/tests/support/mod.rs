@@ -900,6 +900,7 @@ pub fn check_common_fields(audit: &[Value]) {
         "PROTOCOL_ERROR",
         "UPSTREAM_STARTED",
         "UPSTREAM_EXITED",
+        "TIMEOUT",
     ];
     let mut previous = String::new();
     for record in audit {
