@@ -40,11 +40,12 @@ mod pipes;
 pub use gatekit_runtime_std::{AuditFile, RunOptions, UpstreamCommand};
 
 use async_process::{Child, Stdio};
-use gatekit_core::{ExitStatus, Gateway, Input, Output};
-use gatekit_runtime_std::audit_files::{AuditFiles, WriteOutcome};
+use gatekit_core::{Gateway, Input};
+use gatekit_runtime_std::audit_files::AuditFiles;
 use gatekit_runtime_std::capture::Recorder;
+use gatekit_runtime_std::host::{GatewayHost, HostAction, HostEvent};
 use gatekit_runtime_std::process::{self, ProcessGroup};
-use gatekit_runtime_std::signals::{self, TerminationSignals};
+use gatekit_runtime_std::signals::TerminationSignals;
 use gatekit_runtime_std::{EVENT_CHANNEL_CAPACITY, EXIT_FLUSH_TIMEOUT};
 use jiff::Timestamp;
 use pipes::{Blocking, Nonblocking, OutputQueue, ReadHalf, WriteHalf};
@@ -98,19 +99,6 @@ fn run_with(
     smol::block_on(executor.run(driven))
 }
 
-/// Something that happened in another task.
-#[derive(Debug)]
-enum Event {
-    ClientBytes(Vec<u8>),
-    /// The client closed stdin, or stopped reading our stdout.
-    ClientEof,
-    UpstreamBytes(Vec<u8>),
-    UpstreamEof,
-    UpstreamExited(ExitStatus),
-    /// The gateway was sent SIGTERM, SIGINT or SIGHUP.
-    Signal(i32),
-}
-
 /// Where the gateway stands after its outputs were carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -146,18 +134,14 @@ async fn drive(
         } else {
             log::error!(target: LOG_TARGET, "writing to the client failed: {error}");
         }
-        let _ = tx.send(Event::ClientEof).await;
+        let _ = tx.send(HostEvent::ClientEof).await;
     };
     executor.spawn(client_writer).detach();
 
     let mut driver = Driver {
-        gateway,
-        audit,
+        host: GatewayHost::new(gateway, audit, recorder),
         to_client,
         upstream: None,
-        client_eof_fed: false,
-        recorder,
-        signalled: false,
     };
     if let Some(signals) = signals {
         // sigwait blocks for good, so it gets a thread of its own rather
@@ -167,16 +151,14 @@ async fn drive(
             .name("gatekit-signals".to_owned())
             .spawn(move || {
                 while let Ok(signal) = signals.wait() {
-                    if tx.send_blocking(Event::Signal(signal)).is_err() {
+                    if tx.send_blocking(HostEvent::Signal(signal)).is_err() {
                         return;
                     }
                 }
             })?;
     }
-    for state in driver.audit.open_states() {
-        if let Step::Exit(code) = driver.feed(state.input()).await {
-            return Ok(code);
-        }
+    if let Step::Exit(code) = driver.carry_out_actions().await {
+        return Ok(code);
     }
 
     // `From<std::process::Command>` forgets the std command's stdio choices
@@ -226,7 +208,7 @@ async fn drive(
         client_input,
         gates,
         events_tx,
-        |chunk| chunk.map_or(Event::ClientEof, Event::ClientBytes),
+        |chunk| chunk.map_or(HostEvent::ClientEof, HostEvent::ClientBytes),
     );
     executor.spawn(client_reader).detach();
     // From here on only the tasks hold senders, so the channel reports when
@@ -236,7 +218,7 @@ async fn drive(
     loop {
         let step = match next_event(&events, deadline).await {
             NextEvent::Event(event) => driver.handle_event(event).await,
-            NextEvent::Deadline => driver.feed(Input::Timeout).await,
+            NextEvent::Deadline => driver.handle_event(HostEvent::Deadline).await,
             NextEvent::Disconnected => {
                 log::error!(
                     target: LOG_TARGET,
@@ -252,20 +234,12 @@ async fn drive(
     }
 }
 
-/// The driver's state: the gateway and what carries out its outputs.
+/// The driver's state: the gateway and what carries out its actions.
 /// Dropping it closes the queues and kills the upstream's process group.
 struct Driver {
-    gateway: Gateway,
-    audit: AuditFiles,
+    host: GatewayHost,
     to_client: Rc<OutputQueue>,
     upstream: Option<Upstream>,
-    /// The client can end twice (stdin EOF, broken stdout); the gateway is
-    /// told once.
-    client_eof_fed: bool,
-    /// Records every input when capturing.
-    recorder: Option<Recorder>,
-    /// A termination signal arrived; a second one stops at once.
-    signalled: bool,
 }
 
 /// A running upstream server.
@@ -275,59 +249,25 @@ struct Upstream {
 }
 
 impl Driver {
-    async fn handle_event(&mut self, event: Event) -> Step {
-        match event {
-            Event::ClientBytes(bytes) => self.feed(Input::ClientBytes(&bytes)).await,
-            Event::ClientEof if self.client_eof_fed => self.carry_out_outputs().await,
-            Event::ClientEof => {
-                self.client_eof_fed = true;
-                self.feed(Input::ClientEof).await
-            }
-            Event::UpstreamBytes(bytes) => self.feed(Input::UpstreamBytes(&bytes)).await,
-            Event::UpstreamEof => self.feed(Input::UpstreamEof).await,
-            Event::UpstreamExited(status) => self.feed(Input::UpstreamExited(status)).await,
-            Event::Signal(signal) if self.signalled => {
-                log::warn!(
-                    target: LOG_TARGET,
-                    "received {} again; stopping now",
-                    signals::name(signal)
-                );
-                Step::Exit(128 + signal)
-            }
-            Event::Signal(signal) => {
-                log::info!(target: LOG_TARGET, "received {}; shutting down", signals::name(signal));
-                self.signalled = true;
-                if self.client_eof_fed {
-                    self.carry_out_outputs().await
-                } else {
-                    self.client_eof_fed = true;
-                    self.feed(Input::ClientEof).await
-                }
-            }
+    async fn handle_event(&mut self, event: HostEvent) -> Step {
+        match self.host.event(event) {
+            Some(code) => Step::Exit(code),
+            None => self.carry_out_actions().await,
         }
-    }
-
-    /// Hands one input to the gateway, recording it first when capturing.
-    fn handle(&mut self, input: Input<'_>) {
-        let now = Timestamp::now();
-        if let Some(recorder) = &mut self.recorder {
-            recorder.record(now, &input);
-        }
-        self.gateway.handle_input(input, now);
     }
 
     async fn feed(&mut self, input: Input<'_>) -> Step {
-        self.handle(input);
-        self.carry_out_outputs().await
+        self.host.handle(input);
+        self.carry_out_actions().await
     }
 
-    /// Carries out every pending output, in order. Only [`Output::Exit`]
+    /// Carries out every pending action, in order. Only [`HostAction::Exit`]
     /// waits (for the client to take its last bytes).
-    async fn carry_out_outputs(&mut self) -> Step {
+    async fn carry_out_actions(&mut self) -> Step {
         loop {
-            match self.gateway.poll_output() {
-                Output::ToClient(bytes) => self.to_client.push(bytes),
-                Output::ToUpstream(bytes) => match &self.upstream {
+            match self.host.next_action() {
+                HostAction::ToClient(bytes) => self.to_client.push(bytes),
+                HostAction::ToUpstream(bytes) => match &self.upstream {
                     Some(upstream) => upstream.stdin.push(bytes),
                     None => log::debug!(
                         target: LOG_TARGET,
@@ -335,30 +275,12 @@ impl Driver {
                         bytes.len()
                     ),
                 },
-                Output::Audit(write) => match self.audit.write(&write) {
-                    Ok(WriteOutcome::Appended) => {}
-                    Ok(WriteOutcome::Reopened(existing_bytes)) => {
-                        self.handle(Input::AuditFileOpened {
-                            sink: write.sink,
-                            existing_bytes,
-                        })
-                    }
-                    Err(error) => {
-                        // Reported before the next output is polled, so the
-                        // gateway can withhold the message this record was for.
-                        let reason = error.to_string();
-                        self.handle(Input::AuditWriteFailed {
-                            sink: write.sink,
-                            reason: &reason,
-                        });
-                    }
-                },
-                Output::CloseUpstreamInput => {
+                HostAction::CloseUpstreamInput => {
                     if let Some(upstream) = &self.upstream {
                         upstream.stdin.close();
                     }
                 }
-                Output::SignalUpstream(signal) => {
+                HostAction::SignalUpstream(signal) => {
                     if let Some(upstream) = &self.upstream {
                         if let Err(error) = upstream.group.signal(signal) {
                             log::warn!(
@@ -369,7 +291,7 @@ impl Driver {
                         }
                     }
                 }
-                Output::Exit(code) => {
+                HostAction::Exit(code) => {
                     let unsent = self.to_client.wait_drained(EXIT_FLUSH_TIMEOUT).await;
                     if unsent > 0 {
                         log::warn!(
@@ -381,7 +303,7 @@ impl Driver {
                     // right after this returns.
                     return Step::Exit(code);
                 }
-                Output::Wait(deadline) => return Step::Wait(deadline),
+                HostAction::Wait(deadline) => return Step::Wait(deadline),
             }
         }
     }
@@ -403,7 +325,7 @@ impl Drop for Driver {
 fn start_upstream(
     executor: &LocalExecutor<'static>,
     mut child: Child,
-    events: &Sender<Event>,
+    events: &Sender<HostEvent>,
     to_client: &Rc<OutputQueue>,
 ) -> io::Result<Upstream> {
     // First, so that any failure below kills what was started.
@@ -437,7 +359,7 @@ fn start_upstream(
         Nonblocking(stdout),
         vec![to_client.clone()],
         events.clone(),
-        |chunk| chunk.map_or(Event::UpstreamEof, Event::UpstreamBytes),
+        |chunk| chunk.map_or(HostEvent::UpstreamEof, HostEvent::UpstreamBytes),
     );
     executor.spawn(upstream_reader).detach();
 
@@ -449,7 +371,7 @@ fn start_upstream(
             match child.status().await {
                 Ok(status) => {
                     let _ = tx
-                        .send(Event::UpstreamExited(process::exit_status(status)))
+                        .send(HostEvent::UpstreamExited(process::exit_status(status)))
                         .await;
                 }
                 Err(error) => {
@@ -468,7 +390,7 @@ fn start_upstream(
 }
 
 enum NextEvent {
-    Event(Event),
+    Event(HostEvent),
     Deadline,
     /// Every task that could send an event has ended.
     Disconnected,
@@ -476,7 +398,7 @@ enum NextEvent {
 
 /// Waits until an event arrives or `deadline` passes. A deadline already
 /// passed wins over waiting events, so a busy peer cannot starve the timers.
-async fn next_event(events: &Receiver<Event>, deadline: Option<Timestamp>) -> NextEvent {
+async fn next_event(events: &Receiver<HostEvent>, deadline: Option<Timestamp>) -> NextEvent {
     let Some(deadline) = deadline else {
         return events
             .recv()

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The main thread feeds one event to the gateway with the current time,
-//! carries out the outputs in order until [`Output::Wait`], and blocks on
+//! carries out the outputs in order until [`gatekit_core::Output::Wait`], and blocks on
 //! the channel until the next event or the deadline (an idle gateway uses no
 //! CPU). Audit records are written synchronously, so a record is in its file
 //! before the message it describes is even queued. Writes to the peers go
@@ -30,6 +30,7 @@
 
 pub mod audit_files;
 pub mod capture;
+pub mod host;
 mod pipes;
 pub mod process;
 pub mod signals;
@@ -39,8 +40,9 @@ pub use audit_files::AuditFile;
 pub use pipes::{QUEUE_BOUND, READ_CHUNK, STDERR_LINE_MAX};
 pub use process::UpstreamCommand;
 
-use audit_files::{AuditFiles, WriteOutcome};
-use gatekit_core::{ExitStatus, Gateway, Input, Output};
+use audit_files::AuditFiles;
+use gatekit_core::{Gateway, Input};
+use host::{GatewayHost, HostAction, HostEvent};
 use jiff::Timestamp;
 use pipes::OutputQueue;
 use process::ProcessGroup;
@@ -52,7 +54,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-const LOG_TARGET: &str = "gatekit.proxy.server";
+pub(crate) const LOG_TARGET: &str = "gatekit.proxy.server";
 
 /// How long the gateway, once it has decided to exit, waits for the client
 /// to take the last replies from its stdout. A client that is not reading
@@ -89,19 +91,6 @@ pub struct RunOptions {
 pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
     let signals = signals::TerminationSignals::block()?;
     drive(gateway, options, io::stdin(), io::stdout(), Some(signals))
-}
-
-/// Something that happened on another thread.
-#[derive(Debug)]
-enum Event {
-    ClientBytes(Vec<u8>),
-    /// The client closed stdin, or stopped reading our stdout.
-    ClientEof,
-    UpstreamBytes(Vec<u8>),
-    UpstreamEof,
-    UpstreamExited(ExitStatus),
-    /// The gateway was sent SIGTERM, SIGINT or SIGHUP.
-    Signal(i32),
 }
 
 /// Where the gateway stands after its outputs were carried out.
@@ -143,18 +132,14 @@ where
             } else {
                 log::error!(target: LOG_TARGET, "writing to the client failed: {error}");
             }
-            let _ = tx.send(Event::ClientEof);
+            let _ = tx.send(HostEvent::ClientEof);
         },
     )?;
 
     let mut driver = Driver {
-        gateway,
-        audit,
+        host: GatewayHost::new(gateway, audit, recorder),
         to_client,
         upstream: None,
-        client_eof_fed: false,
-        recorder,
-        signalled: false,
     };
     if let Some(signals) = signals {
         let tx = events_tx.clone();
@@ -162,16 +147,14 @@ where
             .name("gatekit-signals".to_owned())
             .spawn(move || {
                 while let Ok(signal) = signals.wait() {
-                    if tx.send(Event::Signal(signal)).is_err() {
+                    if tx.send(HostEvent::Signal(signal)).is_err() {
                         return;
                     }
                 }
             })?;
     }
-    for state in driver.audit.open_states() {
-        if let Step::Exit(code) = driver.feed(state.input()) {
-            return Ok(code);
-        }
+    if let Step::Exit(code) = driver.carry_out_actions() {
+        return Ok(code);
     }
 
     let step = match process::command(&options.upstream).spawn() {
@@ -207,7 +190,7 @@ where
         .collect();
     let tx = events_tx.clone();
     pipes::spawn_reader("gatekit-client-reader", client_input, gates, move |chunk| {
-        let event = chunk.map_or(Event::ClientEof, Event::ClientBytes);
+        let event = chunk.map_or(HostEvent::ClientEof, HostEvent::ClientBytes);
         tx.send(event).is_ok()
     })?;
     // From here on only the threads hold senders, so the channel reports when
@@ -218,7 +201,7 @@ where
     loop {
         let step = match next_event(&events, deadline) {
             NextEvent::Event(event) => driver.handle_event(event),
-            NextEvent::Deadline => driver.feed(Input::Timeout),
+            NextEvent::Deadline => driver.handle_event(HostEvent::Deadline),
             NextEvent::Disconnected => {
                 log::error!(
                     target: LOG_TARGET,
@@ -234,20 +217,12 @@ where
     }
 }
 
-/// The main thread's state: the gateway and what carries out its outputs.
+/// The main thread's state: the gateway and what carries out its actions.
 /// Dropping it closes the queues and kills the upstream's process group.
 struct Driver {
-    gateway: Gateway,
-    audit: AuditFiles,
+    host: GatewayHost,
     to_client: Arc<OutputQueue>,
     upstream: Option<Upstream>,
-    /// The client can end twice (stdin EOF, broken stdout); the gateway is
-    /// told once.
-    client_eof_fed: bool,
-    /// Records every input when capturing.
-    recorder: Option<capture::Recorder>,
-    /// A termination signal arrived; a second one stops at once.
-    signalled: bool,
 }
 
 /// A running upstream server.
@@ -257,58 +232,24 @@ struct Upstream {
 }
 
 impl Driver {
-    fn handle_event(&mut self, event: Event) -> Step {
-        match event {
-            Event::ClientBytes(bytes) => self.feed(Input::ClientBytes(&bytes)),
-            Event::ClientEof if self.client_eof_fed => self.carry_out_outputs(),
-            Event::ClientEof => {
-                self.client_eof_fed = true;
-                self.feed(Input::ClientEof)
-            }
-            Event::UpstreamBytes(bytes) => self.feed(Input::UpstreamBytes(&bytes)),
-            Event::UpstreamEof => self.feed(Input::UpstreamEof),
-            Event::UpstreamExited(status) => self.feed(Input::UpstreamExited(status)),
-            Event::Signal(signal) if self.signalled => {
-                log::warn!(
-                    target: LOG_TARGET,
-                    "received {} again; stopping now",
-                    signals::name(signal)
-                );
-                Step::Exit(128 + signal)
-            }
-            Event::Signal(signal) => {
-                log::info!(target: LOG_TARGET, "received {}; shutting down", signals::name(signal));
-                self.signalled = true;
-                if self.client_eof_fed {
-                    self.carry_out_outputs()
-                } else {
-                    self.client_eof_fed = true;
-                    self.feed(Input::ClientEof)
-                }
-            }
+    fn handle_event(&mut self, event: HostEvent) -> Step {
+        match self.host.event(event) {
+            Some(code) => Step::Exit(code),
+            None => self.carry_out_actions(),
         }
-    }
-
-    /// Hands one input to the gateway, recording it first when capturing.
-    fn handle(&mut self, input: Input<'_>) {
-        let now = Timestamp::now();
-        if let Some(recorder) = &mut self.recorder {
-            recorder.record(now, &input);
-        }
-        self.gateway.handle_input(input, now);
     }
 
     fn feed(&mut self, input: Input<'_>) -> Step {
-        self.handle(input);
-        self.carry_out_outputs()
+        self.host.handle(input);
+        self.carry_out_actions()
     }
 
-    /// Carries out every pending output, in order.
-    fn carry_out_outputs(&mut self) -> Step {
+    /// Carries out every pending action, in order.
+    fn carry_out_actions(&mut self) -> Step {
         loop {
-            match self.gateway.poll_output() {
-                Output::ToClient(bytes) => self.to_client.push(bytes),
-                Output::ToUpstream(bytes) => match &self.upstream {
+            match self.host.next_action() {
+                HostAction::ToClient(bytes) => self.to_client.push(bytes),
+                HostAction::ToUpstream(bytes) => match &self.upstream {
                     Some(upstream) => upstream.stdin.push(bytes),
                     None => log::debug!(
                         target: LOG_TARGET,
@@ -316,32 +257,12 @@ impl Driver {
                         bytes.len()
                     ),
                 },
-                Output::Audit(write) => match self.audit.write(&write) {
-                    Ok(WriteOutcome::Appended) => {}
-                    Ok(WriteOutcome::Reopened(existing_bytes)) => {
-                        let input = Input::AuditFileOpened {
-                            sink: write.sink,
-                            existing_bytes,
-                        };
-                        self.handle(input);
-                    }
-                    Err(error) => {
-                        // Reported before the next output is polled, so the
-                        // gateway can withhold the message this record was for.
-                        let reason = error.to_string();
-                        let input = Input::AuditWriteFailed {
-                            sink: write.sink,
-                            reason: &reason,
-                        };
-                        self.handle(input);
-                    }
-                },
-                Output::CloseUpstreamInput => {
+                HostAction::CloseUpstreamInput => {
                     if let Some(upstream) = &self.upstream {
                         upstream.stdin.close();
                     }
                 }
-                Output::SignalUpstream(signal) => {
+                HostAction::SignalUpstream(signal) => {
                     if let Some(upstream) = &self.upstream {
                         if let Err(error) = upstream.group.signal(signal) {
                             log::warn!(
@@ -352,7 +273,7 @@ impl Driver {
                         }
                     }
                 }
-                Output::Exit(code) => {
+                HostAction::Exit(code) => {
                     let unsent = self.to_client.wait_drained(EXIT_FLUSH_TIMEOUT);
                     if unsent > 0 {
                         log::warn!(
@@ -364,7 +285,7 @@ impl Driver {
                     // right after this returns.
                     return Step::Exit(code);
                 }
-                Output::Wait(deadline) => return Step::Wait(deadline),
+                HostAction::Wait(deadline) => return Step::Wait(deadline),
             }
         }
     }
@@ -385,7 +306,7 @@ impl Drop for Driver {
 /// Starts the threads that serve a freshly spawned upstream.
 fn start_upstream(
     mut child: Child,
-    events: &SyncSender<Event>,
+    events: &SyncSender<HostEvent>,
     to_client: &Arc<OutputQueue>,
 ) -> io::Result<Upstream> {
     // First, so that any failure below kills what was started.
@@ -418,7 +339,7 @@ fn start_upstream(
         stdout,
         vec![to_client.clone()],
         move |chunk| {
-            let event = chunk.map_or(Event::UpstreamEof, Event::UpstreamBytes);
+            let event = chunk.map_or(HostEvent::UpstreamEof, HostEvent::UpstreamBytes);
             tx.send(event).is_ok()
         },
     )?;
@@ -430,7 +351,7 @@ fn start_upstream(
         .name("gatekit-upstream-waiter".to_owned())
         .spawn(move || match child.wait() {
             Ok(status) => {
-                let _ = tx.send(Event::UpstreamExited(process::exit_status(status)));
+                let _ = tx.send(HostEvent::UpstreamExited(process::exit_status(status)));
             }
             Err(error) => {
                 // The gateway still learns of the end through the closed
@@ -446,7 +367,7 @@ fn start_upstream(
 }
 
 enum NextEvent {
-    Event(Event),
+    Event(HostEvent),
     Deadline,
     /// Every thread that could send an event has ended.
     Disconnected,
@@ -454,7 +375,7 @@ enum NextEvent {
 
 /// Blocks until an event arrives or `deadline` passes. A deadline already
 /// passed wins over waiting events, so a busy peer cannot starve the timers.
-fn next_event(events: &Receiver<Event>, deadline: Option<Timestamp>) -> NextEvent {
+fn next_event(events: &Receiver<HostEvent>, deadline: Option<Timestamp>) -> NextEvent {
     let Some(deadline) = deadline else {
         return events
             .recv()
