@@ -18,7 +18,7 @@
 //! read or write of them is one call on smol's blocking pool.
 //!
 //! The driver feeds one event to the gateway with the current time, carries
-//! out the outputs in order until [`Output::Wait`], and then waits for the
+//! out the outputs in order until [`gatekit_core::Output::Wait`], and then waits for the
 //! next event or a [`Timer`] set to the deadline, so an idle gateway uses no
 //! CPU. Writes to the peers go through queues that the driver fills without
 //! waiting; a reader pauses while a queue it feeds is over
