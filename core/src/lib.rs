@@ -18,6 +18,27 @@
 //! 4. Wait for I/O, or until the deadline in `Output::Wait`, then go to 2.
 //! 5. Stop after carrying out [`Output::Exit`].
 //!
+//! Two rules keep a host correct. Drain to [`Output::Wait`] after every
+//! input, because the deadline it returns may have moved. And when an
+//! [`Output::Audit`] cannot be written, report it with
+//! [`Input::AuditWriteFailed`] *before* polling the next output: the message
+//! that record described is still queued, and a critical audit log must be
+//! able to withhold it.
+//!
+//! `examples/embedded_host.rs` is a complete host that drives a gateway over
+//! in-memory streams with an in-process server and a fake clock — no
+//! runtime, no threads — and a test runs it.
+//!
+//! # Modules
+//!
+//! - [`config`]: the configuration, in the tutorial's YAML shape (any serde
+//!   format works; the CLI reads YAML).
+//! - [`audit`]: audit records, their four formats, modes and rotation.
+//! - [`capture`] and [`replay`]: recording what a gateway was fed, and
+//!   replaying it to the same outputs, with what-if comparison of policies.
+//! - [`jsonrpc`]: request ids, the gateway's error codes, and the reply a
+//!   host sends when it cannot start at all.
+//!
 //! ```
 //! use gatekit_core::{Config, Gateway, Input, Output};
 //!
