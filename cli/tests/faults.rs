@@ -600,3 +600,28 @@ fn a_request_that_times_out_is_answered_cancelled_and_its_late_answer_dropped() 
         .unwrap_or_else(|| panic!("no record of the late answer:\n{}", show(&audit)));
     assert_eq!(late["request_id"], "slow");
 }
+
+/// The gateway blocks termination signals for itself; its upstream must
+/// not inherit that, or SIGTERM could never stop it and every shutdown
+/// would end in SIGKILL.
+#[test]
+fn an_upstream_that_ignores_stdin_eof_is_stopped_by_sigterm_not_sigkill() {
+    let dir = TempDir::new("sigterm-works");
+    let config = GatewayConfig::new(vec!["sh".into(), "-c".into(), "exec sleep 300".into()])
+        .write(dir.path());
+    let mut gateway = Session::gateway(&config);
+    gateway.close_stdin();
+    let status = gateway.wait_exit(EXIT_TIMEOUT);
+    let finished = gateway.finish_without_closing();
+    assert!(status.success(), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("sending SIGTERM"),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        !finished.stderr.contains("SIGKILL"),
+        "SIGTERM did not stop the upstream (were its signals blocked?):\n{}",
+        finished.stderr
+    );
+}

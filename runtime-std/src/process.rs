@@ -42,6 +42,9 @@ pub fn command(upstream: &UpstreamCommand) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // The gateway blocks termination signals (see `signals`); the upstream
+    // must not inherit that, or SIGTERM could never stop it.
+    crate::signals::unblock_in_child(&mut command);
     command
 }
 

@@ -9,9 +9,10 @@
 //! shutdown as client EOF, a second one ends the gateway at once (after
 //! killing the upstream's process group).
 //!
-//! Children start with an empty signal mask (the standard library resets it
-//! between fork and exec), so the upstream still receives the signals the
-//! gateway sends it.
+//! A child inherits its parent's signal mask through fork and exec (the
+//! standard library does not reset it), so the upstream would start with
+//! SIGTERM blocked and only SIGKILL could stop it. [`unblock_in_child`]
+//! clears the mask between fork and exec.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -72,6 +73,27 @@ impl TerminationSignals {
             return Err(io::Error::from_raw_os_error(rc));
         }
         Ok(signal)
+    }
+}
+
+/// Makes `command` start its process with an empty signal mask, whatever
+/// the gateway has blocked, so the upstream can be stopped with SIGTERM and
+/// still receives SIGINT and SIGHUP.
+pub fn unblock_in_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called; sigemptyset and
+    // pthread_sigmask (sigprocmask) are, and nothing is allocated.
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(())
+        });
     }
 }
 
