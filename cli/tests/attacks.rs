@@ -84,6 +84,25 @@ fn attack_2_duplicate_keys() {
 }
 
 #[test]
+fn attack_2b_keys_that_differ_only_in_case() {
+    // Go's encoding/json (and other case-insensitive decoders) match
+    // `Name`, `Method` and `paramſ` to `name`, `method` and `params`, and the
+    // last one wins: the server would run what the gateway never checked.
+    let mut attack = Attack::start("casekeys", |c| c);
+    let tricks = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","Name":"delete_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"ping","Method":"tools/call","params":{"name":"delete_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo"},"paramſ":{"name":"delete_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"echo","\u212Aind":1,"kind":2,"NAME":"delete_file"}}"#,
+    ];
+    for (i, line) in tricks.iter().enumerate() {
+        attack.gateway.send_line(line);
+        expect_error(&attack.gateway.response(&json!(i + 1)), -32600);
+    }
+    assert_never_received(&attack.received(), "delete_file");
+}
+
+#[test]
 fn attack_3_listed_if_and_only_if_callable() {
     let mut attack = Attack::start("listed", |c| c);
     let list = attack.gateway.request(json!(1), "tools/list", json!({}));

@@ -175,7 +175,7 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     let first = text.trim_start().as_bytes().first().copied();
     if let Err(problem) = check_strict(text) {
         let mut rejection = Rejection::parse(problem.to_string());
-        if let JsonProblem::DuplicateKey(_) = problem {
+        if let JsonProblem::DuplicateKey(_) | JsonProblem::CaseVariantKey(_) = problem {
             // Valid JSON with a repeated key: an invalid request, not a parse error.
             rejection.code = INVALID_REQUEST;
             if let Ok(env) = serde_json::from_str::<Envelope<'_>>(text) {

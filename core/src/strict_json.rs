@@ -20,6 +20,11 @@ pub(crate) enum JsonProblem {
     Syntax(String),
     /// Valid JSON, but an object repeats a key.
     DuplicateKey(String),
+    /// Valid JSON, but an envelope-level object has two keys that differ
+    /// only in case (`name` and `Name`): servers whose JSON decoders match
+    /// keys case-insensitively (Go's `encoding/json`, for one) would read the
+    /// one the gateway did not check.
+    CaseVariantKey(String),
 }
 
 impl fmt::Display for JsonProblem {
@@ -28,6 +33,10 @@ impl fmt::Display for JsonProblem {
             JsonProblem::InvalidUtf8 => f.write_str("message is not valid UTF-8"),
             JsonProblem::Syntax(detail) => write!(f, "message is not valid JSON: {detail}"),
             JsonProblem::DuplicateKey(key) => write!(f, "duplicate key {key:?} in message"),
+            JsonProblem::CaseVariantKey(key) => write!(
+                f,
+                "key {key:?} differs from another key only in case; such keys are refused because servers may read either"
+            ),
         }
     }
 }
@@ -38,17 +47,46 @@ pub(crate) fn check_strict(text: &str) -> Result<(), JsonProblem> {
     let mut duplicate = None;
     let walk = Walk {
         duplicate: &mut duplicate,
+        depth: 0,
     };
     let result = walk.deserialize(&mut de).and_then(|()| de.end());
-    if let Some(key) = duplicate {
-        return Err(JsonProblem::DuplicateKey(key));
+    if let Some(problem) = duplicate {
+        return Err(problem);
     }
     result.map_err(|e| JsonProblem::Syntax(e.to_string()))
 }
 
 /// Seed that walks one value; records the first duplicate key it meets.
 struct Walk<'s> {
-    duplicate: &'s mut Option<String>,
+    duplicate: &'s mut Option<JsonProblem>,
+    /// 0 for the message itself, 1 for its members' values (`params`,
+    /// `result`), and so on.
+    depth: usize,
+}
+
+/// Objects this shallow are also checked for keys that differ only in
+/// case: the envelope and `params`/`result`, where the gateway reads the
+/// members it decides on.
+const CASE_CHECK_DEPTH: usize = 1;
+
+/// A key's character as a case-insensitive JSON decoder would match it.
+/// Only the folds that reach ASCII letters matter, since every key the
+/// gateway reads is ASCII: ASCII case, `ſ` (long s) and `K` (Kelvin sign).
+fn fold_char(c: char) -> char {
+    match c {
+        '\u{17F}' => 's',
+        '\u{212A}' => 'k',
+        c => c.to_ascii_lowercase(),
+    }
+}
+
+fn fold(key: &str) -> String {
+    key.chars().map(fold_char).collect()
+}
+
+/// Whether a case-insensitive decoder would take `a` and `b` for one key.
+pub(crate) fn fold_eq(a: &str, b: &str) -> bool {
+    a.chars().map(fold_char).eq(b.chars().map(fold_char))
 }
 
 impl<'de> DeserializeSeed<'de> for Walk<'_> {
@@ -113,6 +151,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
         while seq
             .next_element_seed(Walk {
                 duplicate: &mut *self.duplicate,
+                depth: self.depth + 1,
             })?
             .is_some()
         {}
@@ -122,6 +161,8 @@ impl<'de> Visitor<'de> for Walk<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut few: Vec<Cow<'de, str>> = Vec::new();
         let mut many: BTreeSet<Cow<'de, str>> = BTreeSet::new();
+        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        let mut seen_folded: BTreeSet<String> = BTreeSet::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let repeated = if many.is_empty() && few.len() < LINEAR_SCAN_KEYS {
                 if few.contains(&key) {
@@ -137,11 +178,32 @@ impl<'de> Visitor<'de> for Walk<'_> {
                 !many.insert(key.clone())
             };
             if repeated {
-                *self.duplicate = Some(key.into_owned());
+                *self.duplicate = Some(JsonProblem::DuplicateKey(key.into_owned()));
                 return Err(de::Error::custom("duplicate key"));
+            }
+            if self.depth <= CASE_CHECK_DEPTH {
+                // Envelope-level objects are small: a linear scan that does
+                // not allocate; a large one switches to a set of folded keys
+                // so a peer cannot make the check quadratic. (Exact repeats
+                // were refused above.)
+                let collides = if seen_folded.is_empty() && seen.len() < LINEAR_SCAN_KEYS {
+                    let collides = seen.iter().any(|other| fold_eq(other, &key));
+                    seen.push(key.clone());
+                    collides
+                } else {
+                    if seen_folded.is_empty() {
+                        seen_folded.extend(seen.drain(..).map(|k| fold(&k)));
+                    }
+                    !seen_folded.insert(fold(&key))
+                };
+                if collides {
+                    *self.duplicate = Some(JsonProblem::CaseVariantKey(key.into_owned()));
+                    return Err(de::Error::custom("case-variant key"));
+                }
             }
             map.next_value_seed(Walk {
                 duplicate: &mut *self.duplicate,
+                depth: self.depth + 1,
             })?;
         }
         Ok(())
@@ -180,8 +242,42 @@ mod tests {
             check_strict(r#"{"name":"a","n\u0061me":"b"}"#),
             Err(JsonProblem::DuplicateKey("name".into()))
         );
-        // Case differs: two different keys.
-        assert_eq!(check_strict(r#"{"name":"a","Name":"b"}"#), Ok(()));
+        // Deep down, case differs: two different keys (refused near the
+        // envelope, see below).
+        assert_eq!(check_strict(r#"[[{"name":"a","Name":"b"}]]"#), Ok(()));
+    }
+
+    #[test]
+    fn rejects_keys_differing_only_in_case_where_the_gateway_reads() {
+        for text in [
+            r#"{"method":"ping","Method":"tools/call"}"#,
+            r#"{"params":{"name":"a","Name":"b"}}"#,
+            r#"{"params":{"name":"a"},"param\u017f":{"name":"b"}}"#,
+            r#"{"params":{"\u212Aey":1,"key":2}}"#,
+        ] {
+            assert!(
+                matches!(check_strict(text), Err(JsonProblem::CaseVariantKey(_))),
+                "{text}"
+            );
+        }
+        // Deeper down (tool arguments) case variants are the tool's business.
+        assert_eq!(
+            check_strict(r#"{"params":{"arguments":{"path":"a","Path":"b"}}}"#),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn finds_case_variants_in_large_envelope_objects() {
+        let mut text = String::from("{\"params\":{");
+        for i in 0..100 {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str("\"K42\":0}}");
+        assert_eq!(
+            check_strict(&text),
+            Err(JsonProblem::CaseVariantKey("K42".into()))
+        );
     }
 
     #[test]

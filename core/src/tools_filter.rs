@@ -6,6 +6,7 @@
 //! original line untouched.
 
 use crate::jsonrpc::write_json_string;
+use crate::strict_json::fold_eq;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;
@@ -27,7 +28,10 @@ pub(crate) fn filter_tools_list(line: &str, keep: impl Fn(&str) -> bool) -> Opti
     let members = ordered_members(line)?;
     let result = members.iter().find(|(k, _)| k == "result")?.1;
     let result_members = ordered_members(result.get())?;
-    let tools_raw = result_members.iter().find(|(k, _)| k == "tools")?.1;
+    // Matched as a case-insensitive decoder would match it, so a `Tools`
+    // array cannot slip past the filter to such a client.
+    let (tools_key, tools_raw) = result_members.iter().find(|(k, _)| fold_eq(k, "tools"))?;
+    let (tools_key, tools_raw) = (tools_key.as_str(), *tools_raw);
     let tools: Vec<&RawValue> = serde_json::from_str(tools_raw.get()).ok()?;
     let mut removed = Vec::new();
     let mut kept = Vec::with_capacity(tools.len());
@@ -50,15 +54,21 @@ pub(crate) fn filter_tools_list(line: &str, keep: impl Fn(&str) -> bool) -> Opti
         tools_json.extend_from_slice(tool.get().as_bytes());
     }
     tools_json.push(b']');
-    let result_json = rebuild(&result_members, "tools", &tools_json);
+    let result_json = rebuild(&result_members, tools_key, &tools_json);
     let mut line = rebuild(&members, "result", &result_json);
     line.push(b'\n');
     Some(Filtered { line, removed })
 }
 
+/// The tool's name, if exactly one member is `name` in any case (a tool
+/// with `name` and `Name` could be listed under either).
 fn tool_name(tool: &RawValue) -> Option<String> {
     let members = ordered_members(tool.get())?;
-    let name = members.iter().find(|(k, _)| k == "name")?.1;
+    let mut names = members.iter().filter(|(k, _)| fold_eq(k, "name"));
+    let (key, name) = names.next()?;
+    if names.next().is_some() || key != "name" {
+        return None;
+    }
     crate::jsonrpc::json_string(name)
 }
 
@@ -127,6 +137,18 @@ mod tests {
             filter_tools_list(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#, |_| false),
             None
         );
+    }
+
+    #[test]
+    fn case_variant_keys_cannot_hide_tools() {
+        // A `Tools` array is filtered like `tools`.
+        let upper = r#"{"jsonrpc":"2.0","id":1,"result":{"Tools":[{"name":"rm"},{"name":"ok"}]}}"#;
+        let filtered = filter_tools_list(upper, |n| n == "ok").unwrap();
+        assert_eq!(filtered.removed, vec!["rm"]);
+        // A tool named through `Name`, or through both spellings, is removed.
+        let tricky = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"Name":"ok"},{"name":"ok","NAME":"rm"},{"name":"ok"}]}}"#;
+        let filtered = filter_tools_list(tricky, |n| n == "ok").unwrap();
+        assert_eq!(filtered.removed, vec!["?", "?"]);
     }
 
     #[test]
