@@ -106,13 +106,50 @@ impl<'de> Deserialize<'de> for CommandLine {
 pub struct Limits {
     /// Longest accepted line (one JSON-RPC message), in bytes. Longer lines
     /// are discarded and, when they were requests, answered with an error.
+    #[serde(deserialize_with = "at_least_1k")]
     pub max_message_bytes: usize,
     /// Most client requests that may wait for the upstream at once.
+    #[serde(deserialize_with = "at_least_one")]
     pub max_in_flight_requests: usize,
     /// Answer a client request with an error (and cancel it at the server)
     /// when the upstream has not answered it within this many milliseconds.
     /// No timeout when absent.
+    #[serde(deserialize_with = "timeout_ms")]
     pub request_timeout_ms: Option<u64>,
+}
+
+/// The longest request timeout accepted: 30 days (a larger number is a
+/// mistake, not a wish for "forever"; leave the key out for no timeout).
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+fn at_least_1k<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let bytes = usize::deserialize(deserializer)?;
+    if bytes < 1024 {
+        return Err(de::Error::custom(format_args!(
+            "max_message_bytes must be at least 1024 (an MCP initialize alone is hundreds of bytes), got {bytes}"
+        )));
+    }
+    Ok(bytes)
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(deserializer)?;
+    if n == 0 {
+        return Err(de::Error::custom(
+            "max_in_flight_requests must be at least 1",
+        ));
+    }
+    Ok(n)
+}
+
+fn timeout_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let ms = u64::deserialize(deserializer)?;
+    if ms == 0 || ms > MAX_REQUEST_TIMEOUT_MS {
+        return Err(de::Error::custom(format_args!(
+            "request_timeout_ms must be between 1 and {MAX_REQUEST_TIMEOUT_MS} (30 days), got {ms}; leave it out for no timeout"
+        )));
+    }
+    Ok(Some(ms))
 }
 
 impl Default for Limits {

@@ -99,6 +99,9 @@ impl LineFramer {
             });
         }
         trim_cr(&mut self.frame);
+        if self.frame.is_empty() {
+            return None; // a last line of just "\r" is blank, like any other
+        }
         Some(Frame::Line(&self.frame))
     }
 
@@ -247,7 +250,7 @@ mod tests {
 
     #[test]
     fn splits_lines_and_ignores_blank_ones_and_trailing_cr() {
-        let got = frames_in_chunks(b"a\r\n\n\r\nbc\nd", 100, 100);
+        let got = frames_in_chunks(b"a\r\n\n\r\nbc\nd\n\r", 100, 100);
         assert_eq!(
             got,
             vec![

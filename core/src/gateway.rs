@@ -3,7 +3,9 @@
 use crate::audit::{AuditRecord, AuditSink, AuditSinkId, AuditWrite, EventType, Source};
 use crate::config::{AuditingPlugin, Config, FileAuditingConfig, Limits, SecurityPlugin};
 use crate::framing::{Frame, LineFramer};
-use crate::jsonrpc::{self, error_response, parse_message, Message, Outcome, Rejection, RequestId};
+use crate::jsonrpc::{
+    self, error_response, parse_message, Message, Outcome, Rejection, RequestId, Shape,
+};
 use crate::policy::{CallDecision, SecurityPolicies, ToolAllowlist};
 use crate::tools_filter::filter_tools_list;
 use jiff::{SignedDuration, Timestamp};
@@ -153,20 +155,22 @@ struct Pending {
     cancelled: bool,
 }
 
-/// Ids of requests that ended without their response (timed out), kept for a
-/// while so a late answer is recognised as such. Bounded.
+/// Ids of client requests that ended without their answer (timed out, or
+/// cancelled and evicted to make room), with why, kept for a while: a late
+/// answer is then recognised and dropped, and the id is not given to a new
+/// request, whose answer that late one could otherwise pass for. Bounded.
 #[derive(Debug, Default)]
 struct RecentlyEnded {
     order: VecDeque<RequestId>,
-    ids: std::collections::BTreeSet<RequestId>,
+    ids: BTreeMap<RequestId, &'static str>,
 }
 
 /// How many ended request ids are remembered.
 const RECENTLY_ENDED_CAPACITY: usize = 1024;
 
 impl RecentlyEnded {
-    fn insert(&mut self, id: RequestId) {
-        if self.ids.insert(id.clone()) {
+    fn insert(&mut self, id: RequestId, why: &'static str) {
+        if self.ids.insert(id.clone(), why).is_none() {
             self.order.push_back(id);
         }
         while self.order.len() > RECENTLY_ENDED_CAPACITY {
@@ -176,13 +180,14 @@ impl RecentlyEnded {
         }
     }
 
-    fn take(&mut self, id: &RequestId) -> bool {
-        if self.ids.remove(id) {
-            self.order.retain(|x| x != id);
-            true
-        } else {
-            false
-        }
+    fn contains(&self, id: &RequestId) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    fn take(&mut self, id: &RequestId) -> Option<&'static str> {
+        let why = self.ids.remove(id)?;
+        self.order.retain(|x| x != id);
+        Some(why)
     }
 }
 
@@ -255,7 +260,12 @@ pub struct Gateway {
     /// Client requests that time out, by deadline (only with a request timeout).
     request_deadlines: std::collections::BTreeSet<(Timestamp, RequestId)>,
     /// Client requests that timed out, so a late answer is recognised.
-    timed_out: RecentlyEnded,
+    ended_unanswered: RecentlyEnded,
+    /// Server requests answered with "the client has disconnected" (bounded).
+    disconnected_replies: usize,
+    /// Set when the upstream failed to start and a request was answered:
+    /// exit with 1 once the current input is handled.
+    exit_after_input: bool,
     /// `clientInfo.name` from `initialize`, for the audit trail.
     client_name: Option<String>,
     /// `serverInfo.name` from the `initialize` result, for the audit trail.
@@ -293,10 +303,12 @@ impl Gateway {
             startup_failure: None,
             outputs: VecDeque::new(),
             stats: GatewayStats::default(),
+            disconnected_replies: 0,
+            exit_after_input: false,
             client_name: None,
             server_info_name: None,
             request_deadlines: std::collections::BTreeSet::new(),
-            timed_out: RecentlyEnded::default(),
+            ended_unanswered: RecentlyEnded::default(),
         }
     }
 
@@ -316,6 +328,13 @@ impl Gateway {
         if self.exited {
             return;
         }
+        self.handle(input, now);
+        if std::mem::take(&mut self.exit_after_input) {
+            self.begin_exit(1);
+        }
+    }
+
+    fn handle(&mut self, input: Input<'_>, now: Timestamp) {
         match input {
             Input::ClientBytes(bytes) => {
                 if !self.client_open {
@@ -325,6 +344,9 @@ impl Gateway {
                 while let Some(frame) = self.client_framer.next_frame() {
                     let frame = own_frame(frame);
                     self.on_client_frame(frame, now);
+                    if self.exited {
+                        break;
+                    }
                 }
             }
             Input::ClientEof => self.on_client_eof(now),
@@ -344,6 +366,9 @@ impl Gateway {
                 while let Some(frame) = self.upstream_framer.next_frame() {
                     let frame = own_frame(frame);
                     self.on_upstream_frame(frame, now);
+                    if self.exited {
+                        break;
+                    }
                 }
             }
             Input::UpstreamEof => self.on_upstream_eof(now),
@@ -386,19 +411,19 @@ impl Gateway {
         let line = match frame {
             OwnedFrame::Line(line) => line,
             OwnedFrame::Overlong { prefix, total_len } => {
-                self.stats.client_invalid_lines += 1;
-                let id = jsonrpc::sniff_id(&prefix);
+                let (id, shape) = jsonrpc::sniff(&prefix);
                 let reason = format!(
                     "message of {total_len} bytes exceeds the limit of {} bytes (proxy.limits.max_message_bytes)",
                     self.limits.max_message_bytes
                 );
-                self.protocol_error(Source::Client, id.as_ref(), None, &reason, now);
-                self.emit(Output::ToClient(error_response(
-                    id.as_ref(),
-                    jsonrpc::LIMIT_EXCEEDED,
-                    &reason,
-                    None,
-                )));
+                let rejection = Rejection {
+                    code: jsonrpc::LIMIT_EXCEEDED,
+                    reason,
+                    id,
+                    method: None,
+                    shape,
+                };
+                self.reject_client_line(rejection, now);
                 return;
             }
         };
@@ -426,14 +451,34 @@ impl Gateway {
             &rejection.reason,
             now,
         );
-        if rejection.expects_reply {
-            let reply = error_response(
-                rejection.id.as_ref(),
-                rejection.code,
-                &rejection.reason,
-                None,
-            );
-            self.emit(Output::ToClient(reply));
+        match (rejection.shape, rejection.id) {
+            (Shape::Request | Shape::Unknown, id) => {
+                let reply = error_response(id.as_ref(), rejection.code, &rejection.reason, None);
+                self.emit(Output::ToClient(reply));
+            }
+            // An invalid answer to a server request: its id belongs to the
+            // server's id space, so the client is not answered; the server,
+            // which waits for that answer, is told it failed.
+            (Shape::Response, Some(id)) => {
+                if let Some(pending) = self.server_requests.remove(&id) {
+                    let reason =
+                        format!("the client sent an invalid response: {}", rejection.reason);
+                    let mut record = self.record(now, EventType::Response, Source::Gateway);
+                    record.method = Some(pending.method);
+                    record.status = Some("error");
+                    record.request_id = Some(id.to_string());
+                    record.error_code = Some(rejection.code);
+                    record.error_message = Some(reason.clone());
+                    self.audit(record);
+                    self.emit(Output::ToUpstream(error_response(
+                        Some(&id),
+                        rejection.code,
+                        &reason,
+                        None,
+                    )));
+                }
+            }
+            (Shape::Response, None) | (Shape::Notification, _) => {}
         }
     }
 
@@ -472,19 +517,27 @@ impl Gateway {
                 now,
             );
             if self.startup_failure.is_some() {
-                self.begin_exit(1);
+                // Exit once this input is handled, so every request that
+                // came with it is answered too.
+                self.exit_after_input = true;
             }
             return;
-        }
-        if self.client_requests.get(&id).is_some_and(|p| p.cancelled) {
-            // Reusing the id of a cancelled request: the old one is over.
-            self.forget_client_request(&id);
         }
         if self.client_requests.len() >= self.limits.max_in_flight_requests {
             self.evict_cancelled_client_request();
         }
-        if self.client_requests.contains_key(&id) {
-            let reason = format!("request id {id} is already in flight; ids must be unique");
+        let reused = if self.client_requests.contains_key(&id) {
+            Some(format!(
+                "request id {id} is already in flight; ids must be unique"
+            ))
+        } else if self.ended_unanswered.contains(&id) {
+            Some(format!(
+                "request id {id} belongs to a request that ended without its answer, which may still arrive; use a new id"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reused {
             self.stats.client_invalid_lines += 1;
             self.protocol_error(Source::Client, Some(&id), Some(method), &reason, now);
             self.emit(Output::ToClient(error_response(
@@ -558,7 +611,10 @@ impl Gateway {
             cancelled: false,
         };
         if let Some(timeout) = self.limits.request_timeout_ms {
-            let deadline = after(now, SignedDuration::from_millis(timeout as i64));
+            let deadline = after(
+                now,
+                SignedDuration::from_millis(i64::try_from(timeout).unwrap_or(i64::MAX)),
+            );
             self.request_deadlines.insert((deadline, id.clone()));
         }
         self.client_requests.insert(id.clone(), pending);
@@ -673,14 +729,16 @@ impl Gateway {
             OwnedFrame::Line(line) => line,
             OwnedFrame::Overlong { prefix, total_len } => {
                 self.stats.upstream_invalid_lines += 1;
-                let id = jsonrpc::sniff_id(&prefix);
+                let (id, shape) = jsonrpc::sniff(&prefix);
                 let reason = format!(
                     "upstream message of {total_len} bytes exceeds the limit of {} bytes (proxy.limits.max_message_bytes)",
                     self.limits.max_message_bytes
                 );
                 log::warn!(target: "gatekit.proxy.server", "{reason}; dropped");
                 self.protocol_error(Source::Server, id.as_ref(), None, &reason, now);
-                if let Some(id) = id {
+                // Only a response answers a client request; an over-long
+                // server request with the same id is not about it.
+                if let (Some(id), Shape::Response) = (id, shape) {
                     self.fail_client_request(&id, jsonrpc::LIMIT_EXCEEDED, &reason, now);
                 }
                 return;
@@ -703,7 +761,7 @@ impl Gateway {
                     &rejection.reason,
                     now,
                 );
-                if let Some(id) = rejection.id {
+                if let (Some(id), Shape::Response) = (rejection.id, rejection.shape) {
                     let reason = format!(
                         "the upstream server sent an invalid response: {}",
                         rejection.reason
@@ -757,30 +815,24 @@ impl Gateway {
             }
         }
         let problem = if self.server_requests.contains_key(&id) {
-            Some((
-                jsonrpc::INVALID_REQUEST,
-                format!("request id {id} is already in flight; ids must be unique"),
+            Some(format!(
+                "request id {id} is already in flight; ids must be unique"
             ))
         } else if self.server_requests.len() >= self.limits.max_in_flight_requests {
-            Some((
-                jsonrpc::LIMIT_EXCEEDED,
-                format!(
-                    "too many server requests in flight (limit {})",
-                    self.limits.max_in_flight_requests
-                ),
+            Some(format!(
+                "too many server requests in flight (limit {})",
+                self.limits.max_in_flight_requests
             ))
         } else {
             None
         };
-        if let Some((code, reason)) = problem {
+        if let Some(reason) = problem {
+            // Logged, counted and audited, not answered: a server that
+            // misbehaves this way may not read its stdin either, and answers
+            // would pile up (and could start an error storm).
             self.stats.upstream_invalid_lines += 1;
+            log::warn!(target: "gatekit.proxy.server", "dropped a request from the upstream server: {reason}");
             self.protocol_error(Source::Server, Some(&id), Some(method), &reason, now);
-            self.emit(Output::ToUpstream(error_response(
-                Some(&id),
-                code,
-                &reason,
-                None,
-            )));
             return;
         }
         let mut record = self.record(now, EventType::Request, Source::Server);
@@ -790,14 +842,19 @@ impl Gateway {
         record.params = request_params(&method, params);
         self.audit(record);
         if !self.client_open {
-            // Nobody can answer: tell the server rather than leave it waiting.
-            let reason = "the client has disconnected";
-            self.emit(Output::ToUpstream(error_response(
-                Some(&id),
-                jsonrpc::UPSTREAM_UNAVAILABLE,
-                reason,
-                None,
-            )));
+            // Nobody can answer: tell the server rather than leave it
+            // waiting, a bounded number of times (the gateway is shutting
+            // down; a server flooding requests gets silence after that).
+            if self.disconnected_replies < self.limits.max_in_flight_requests {
+                self.disconnected_replies += 1;
+                let reason = "the client has disconnected";
+                self.emit(Output::ToUpstream(error_response(
+                    Some(&id),
+                    jsonrpc::UPSTREAM_UNAVAILABLE,
+                    reason,
+                    None,
+                )));
+            }
             return;
         }
         self.server_requests.insert(
@@ -824,12 +881,11 @@ impl Gateway {
         now: Timestamp,
     ) {
         let Some(pending) = self.take_client_request(&id) else {
-            if self.timed_out.take(&id) {
+            if let Some(why) = self.ended_unanswered.take(&id) {
                 let mut record = self.record(now, EventType::Response, Source::Server);
                 record.request_id = Some(id.to_string());
                 record.status = Some("dropped");
-                record.reason =
-                    Some("the answer came after the request timed out; dropped".to_owned());
+                record.reason = Some(format!("the answer came after the request {why}; dropped"));
                 self.audit(record);
                 return;
             }
@@ -1220,23 +1276,19 @@ impl Gateway {
         if let Some(timeout) = self.limits.request_timeout_ms {
             let deadline = after(
                 pending.forwarded_at,
-                SignedDuration::from_millis(timeout as i64),
+                SignedDuration::from_millis(i64::try_from(timeout).unwrap_or(i64::MAX)),
             );
             self.request_deadlines.remove(&(deadline, id.clone()));
         }
         Some(pending)
     }
 
-    /// Drops a request whose end will not be reported (cancelled and replaced).
-    fn forget_client_request(&mut self, id: &RequestId) {
-        self.take_client_request(id);
-    }
-
     /// Makes room in a full in-flight table by dropping the oldest cancelled
     /// request, whose answer nobody waits for.
     fn evict_cancelled_client_request(&mut self) {
         if let Some(id) = first_cancelled(&self.client_requests) {
-            self.forget_client_request(&id);
+            self.take_client_request(&id);
+            self.ended_unanswered.insert(id, "was cancelled");
         }
     }
 
@@ -1261,7 +1313,7 @@ impl Gateway {
             record.duration_ms = Some(millis_between(pending.forwarded_at, now));
             record.reason = Some(reason.clone());
             self.audit(record);
-            self.timed_out.insert(id.clone());
+            self.ended_unanswered.insert(id.clone(), "timed out");
             self.reply_error(
                 &id,
                 &pending.method,
@@ -1421,13 +1473,17 @@ fn own_frame(frame: Frame<'_>) -> OwnedFrame {
     }
 }
 
+/// The members of `tools/call` params the gateway reads.
+#[derive(serde::Deserialize)]
+struct CallParams<'a> {
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+}
+
 /// Reads the tool name of a `tools/call`, or says why it cannot.
 fn tool_name(params: Option<&RawValue>) -> Result<String, String> {
-    #[derive(serde::Deserialize)]
-    struct CallParams<'a> {
-        #[serde(borrow)]
-        name: Option<&'a RawValue>,
-    }
     let params = params.ok_or_else(|| "no params".to_owned())?;
     if !params.get().starts_with('{') {
         return Err("params is not an object".to_owned());
@@ -1478,11 +1534,6 @@ fn peer_name(object: &RawValue, field: &str) -> Option<String> {
 fn request_params(method: &str, params: Option<&RawValue>) -> Option<String> {
     let params = params?;
     if method == "tools/call" {
-        #[derive(serde::Deserialize)]
-        struct CallParams<'a> {
-            #[serde(borrow)]
-            arguments: Option<&'a RawValue>,
-        }
         return serde_json::from_str::<CallParams<'_>>(params.get())
             .ok()
             .and_then(|p| p.arguments)
@@ -1508,8 +1559,10 @@ fn truncate_for_log(line: &[u8]) -> String {
     }
 }
 
+/// `now + duration`, saturating at the end of time rather than wrapping to
+/// a deadline that has already passed.
 fn after(now: Timestamp, duration: SignedDuration) -> Timestamp {
-    now.checked_add(duration).unwrap_or(now)
+    now.checked_add(duration).unwrap_or(Timestamp::MAX)
 }
 
 fn millis_between(start: Timestamp, end: Timestamp) -> u64 {

@@ -118,8 +118,41 @@ pub(crate) struct Rejection {
     pub id: Option<RequestId>,
     /// The method, when it could be read.
     pub method: Option<String>,
-    /// True if the sender expects an answer (it had an id or we cannot tell).
-    pub expects_reply: bool,
+    /// What the line meant to be, which decides who (if anyone) is answered.
+    pub shape: Shape,
+}
+
+/// What a line meant to be, judged from the members it has, even when it
+/// is invalid. It decides who is answered: an invalid request gets an
+/// error reply, an invalid response must not get one (its id belongs to the
+/// other direction's id space), a notification gets nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// Has a method and an id, or an id and neither result nor error.
+    Request,
+    /// Has a method and no id.
+    Notification,
+    /// Has `result` or `error` and no method.
+    Response,
+    /// Cannot tell (not JSON, a batch, not an object, nothing readable).
+    Unknown,
+}
+
+impl Shape {
+    fn of(has_method: bool, has_id: bool, has_outcome: bool) -> Shape {
+        match (has_method, has_id, has_outcome) {
+            (true, true, _) => Shape::Request,
+            (true, false, _) => Shape::Notification,
+            (false, _, true) => Shape::Response,
+            (false, true, false) => Shape::Request,
+            (false, false, false) => Shape::Unknown,
+        }
+    }
+
+    /// Whether the sender waits for an error reply from the gateway.
+    pub(crate) fn expects_reply(self) -> bool {
+        matches!(self, Shape::Request | Shape::Unknown)
+    }
 }
 
 impl Rejection {
@@ -129,7 +162,7 @@ impl Rejection {
             reason,
             id: None,
             method: None,
-            expects_reply: true,
+            shape: Shape::Unknown,
         }
     }
 }
@@ -181,7 +214,11 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
             if let Ok(env) = serde_json::from_str::<Envelope<'_>>(text) {
                 rejection.id = env.id.and_then(RequestId::from_raw);
                 rejection.method = env.method.and_then(json_string);
-                rejection.expects_reply = env.id.is_some() || env.method.is_none();
+                rejection.shape = Shape::of(
+                    env.method.is_some(),
+                    env.id.is_some(),
+                    env.result.is_some() || env.error.is_some(),
+                );
             }
         }
         return Err(rejection);
@@ -194,7 +231,7 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
                 reason: "batches are not supported: send one JSON-RPC message per line".into(),
                 id: None,
                 method: None,
-                expects_reply: true,
+                shape: Shape::Unknown,
             })
         }
         _ => {
@@ -203,7 +240,7 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
                 reason: "message must be a JSON object".into(),
                 id: None,
                 method: None,
-                expects_reply: true,
+                shape: Shape::Unknown,
             })
         }
     }
@@ -217,13 +254,17 @@ fn classify(env: Envelope<'_>) -> Result<Message<'_>, Rejection> {
     let id = env.id.map(|raw| RequestId::from_raw(raw).ok_or(raw));
     let readable_id = id.clone().and_then(Result::ok);
     let readable_method = method.clone().and_then(Result::ok);
-    let expects_reply = env.id.is_some() || env.method.is_none();
+    let shape = Shape::of(
+        env.method.is_some(),
+        env.id.is_some(),
+        env.result.is_some() || env.error.is_some(),
+    );
     let invalid = |reason: &str| Rejection {
         code: INVALID_REQUEST,
         reason: reason.to_owned(),
         id: readable_id.clone(),
         method: readable_method.clone(),
-        expects_reply,
+        shape,
     };
     if env.jsonrpc.and_then(json_string).as_deref() != Some("2.0") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));
@@ -346,7 +387,7 @@ pub fn startup_failure_reply(line: &[u8], message: &str) -> Option<Vec<u8>> {
             None,
         )),
         Ok(_) => None,
-        Err(rejection) if rejection.expects_reply => Some(error_response(
+        Err(rejection) if rejection.shape.expects_reply() => Some(error_response(
             rejection.id.as_ref(),
             GATEWAY_NOT_STARTED,
             message,
@@ -360,37 +401,57 @@ pub fn startup_failure_reply(line: &[u8], message: &str) -> Option<Vec<u8>> {
 /// keep, so the gateway can still answer that request. Scans only the
 /// top-level members that fit in `prefix`; returns `None` when the id is not
 /// among them.
-pub(crate) fn sniff_id(prefix: &[u8]) -> Option<RequestId> {
+pub(crate) fn sniff(prefix: &[u8]) -> (Option<RequestId>, Shape) {
     let text = match std::str::from_utf8(prefix) {
         Ok(t) => t,
-        Err(e) => std::str::from_utf8(&prefix[..e.valid_up_to()]).ok()?,
+        Err(e) => std::str::from_utf8(&prefix[..e.valid_up_to()]).unwrap_or_default(),
     };
+    let (mut id, mut has_id, mut has_method, mut has_outcome) = (None, false, false, false);
     let bytes = text.as_bytes();
     let mut i = skip_ws(bytes, 0);
-    if bytes.get(i) != Some(&b'{') {
+    if bytes.get(i) == Some(&b'{') {
+        i += 1;
+        // Stops at the first member whose value does not fit in the prefix
+        // (its key still counts: `"result":{…cut off` is a response).
+        while let Some((key, value, next)) = next_member(text, i) {
+            match key.as_str() {
+                "id" => {
+                    has_id = true;
+                    id = value
+                        .and_then(|v| serde_json::from_str::<&RawValue>(v).ok())
+                        .and_then(RequestId::from_raw);
+                }
+                "method" => has_method = true,
+                "result" | "error" => has_outcome = true,
+                _ => {}
+            }
+            match (value, next) {
+                (Some(_), Some(next)) => i = next,
+                _ => break,
+            }
+        }
+    }
+    (id, Shape::of(has_method, has_id, has_outcome))
+}
+
+/// The member starting at `i`: its key, its raw value text if the value
+/// ends within `text`, and where the next member starts if there is one.
+fn next_member(text: &str, i: usize) -> Option<(String, Option<&str>, Option<usize>)> {
+    let bytes = text.as_bytes();
+    let i = skip_ws(bytes, i);
+    let key_end = string_end(bytes, i)?;
+    let key: String = serde_json::from_str(&text[i..key_end]).ok()?;
+    let i = skip_ws(bytes, key_end);
+    if bytes.get(i) != Some(&b':') {
         return None;
     }
-    i += 1;
-    loop {
-        i = skip_ws(bytes, i);
-        let key_end = string_end(bytes, i)?;
-        let key: String = serde_json::from_str(&text[i..key_end]).ok()?;
-        i = skip_ws(bytes, key_end);
-        if bytes.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(bytes, i + 1);
-        let value_end = value_end(bytes, i)?;
-        if key == "id" {
-            let raw: &RawValue = serde_json::from_str(&text[i..value_end]).ok()?;
-            return RequestId::from_raw(raw);
-        }
-        i = skip_ws(bytes, value_end);
-        if bytes.get(i) != Some(&b',') {
-            return None;
-        }
-        i += 1;
-    }
+    let start = skip_ws(bytes, i + 1);
+    let Some(end) = value_end(bytes, start) else {
+        return Some((key, None, None));
+    };
+    let after = skip_ws(bytes, end);
+    let next = (bytes.get(after) == Some(&b',')).then_some(after + 1);
+    Some((key, Some(&text[start..end]), next))
 }
 
 fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
@@ -541,7 +602,7 @@ mod tests {
             let line = format!(r#"{{"jsonrpc":"2.0","id":{bad},"method":"ping"}}"#);
             let r = rejected(&line);
             assert_eq!(r.code, INVALID_REQUEST, "{bad}");
-            assert!(r.expects_reply);
+            assert!(r.shape.expects_reply());
         }
         let escaped = parse_message(br#"{"jsonrpc":"2.0","id":"\u0061","method":"ping"}"#).unwrap();
         assert!(matches!(escaped, Message::Request { id: RequestId::String(s), .. } if s == "a"));
@@ -572,21 +633,31 @@ mod tests {
     }
 
     #[test]
-    fn sniffs_the_id_from_a_truncated_prefix() {
+    fn sniffs_what_a_truncated_line_was() {
         assert_eq!(
-            sniff_id(
-                br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"content":"xxxx"#
-            ),
-            Some(RequestId::Number(42))
+            sniff(br#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"content":"xxxx"#),
+            (Some(RequestId::Number(42)), Shape::Request)
         );
         assert_eq!(
-            sniff_id(br#"{"method":"x","params":{"a":[1,{"b":"}"}]},"id":"s"}"#),
-            Some(RequestId::String("s".into()))
+            sniff(br#"{"jsonrpc":"2.0","id":"s1","result":{"content":"xxxx"#),
+            (Some(RequestId::String("s1".into())), Shape::Response)
         );
         assert_eq!(
-            sniff_id(br#"{"jsonrpc":"2.0","method":"tools/call","params":{"content":"xx"#),
+            sniff(br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"#),
+            (None, Shape::Notification)
+        );
+        assert_eq!(sniff(b"garbage"), (None, Shape::Unknown));
+    }
+
+    #[test]
+    fn sniffs_the_id_wherever_it_is_in_the_prefix() {
+        assert_eq!(
+            sniff(br#"{"method":"x","params":{"a":[1,{"b":"}"}]},"id":"s"}"#),
+            (Some(RequestId::String("s".into())), Shape::Request)
+        );
+        assert_eq!(
+            sniff(br#"{"jsonrpc":"2.0","method":"tools/call","params":{"content":"xx"#).0,
             None
         );
-        assert_eq!(sniff_id(b"garbage"), None);
     }
 }

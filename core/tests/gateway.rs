@@ -834,3 +834,76 @@ fn answers_still_reach_a_client_that_closed_its_input() {
         "the unanswered one gets an error, not silence"
     );
 }
+
+#[test]
+fn a_gateway_that_cannot_start_answers_every_request_that_came_in_one_chunk() {
+    let mut h = Harness::tutorial();
+    h.input(Input::UpstreamFailedToStart {
+        reason: "command not found: npx",
+    });
+    h.input(Input::ClientBytes(
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\"}\n{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\"}\n",
+    ));
+    let ids: Vec<&Value> = h.to_client.iter().map(|m| &m["id"]).collect();
+    assert_eq!(ids, [&json!(1), &json!(2)]);
+    assert_eq!(h.actions, vec![Output::Exit(1)]);
+}
+
+#[test]
+fn an_invalid_client_answer_to_a_server_request_is_not_answered_in_the_clients_id_space() {
+    let mut h = Harness::tutorial();
+    h.client(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"read_file"}}"#);
+    h.upstream(r#"{"jsonrpc":"2.0","id":3,"method":"roots/list"}"#);
+    // The client's answer to the server's request 3 has a duplicate key.
+    h.client(r#"{"jsonrpc":"2.0","id":3,"result":{"roots":[],"roots":[]}}"#);
+    assert_eq!(
+        h.to_client.len(),
+        1,
+        "only the server's request reached the client: {:?}",
+        h.to_client
+    );
+    // The server hears that its request failed; the client's own request 3 is untouched.
+    let to_server: Value = serde_json::from_str(h.to_upstream.last().unwrap()).unwrap();
+    assert_eq!(to_server["id"], 3);
+    assert_eq!(to_server["error"]["code"], -32600);
+    h.upstream(r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#);
+    assert_eq!(h.to_client.len(), 2);
+    assert!(h.to_client[1].get("result").is_some());
+    // And an invalid server *request* does not fail the client's request with its id.
+    h.client(r#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#);
+    h.upstream(r#"{"jsonrpc":"2.0","id":4,"method":"roots/list","params":"x"}"#);
+    h.upstream(r#"{"jsonrpc":"2.0","id":4,"result":{}}"#);
+    assert_eq!(h.to_client.last().unwrap()["result"], json!({}));
+}
+
+#[test]
+fn ids_of_requests_that_ended_unanswered_are_not_reused() {
+    let mut config = tutorial_config();
+    config.proxy.limits.request_timeout_ms = Some(100);
+    let mut h = Harness::new(config);
+    h.client(r#"{"jsonrpc":"2.0","id":5,"method":"tools/list"}"#);
+    h.advance(100);
+    h.input(Input::Timeout);
+    assert_eq!(h.to_client[0]["error"]["code"], -32007);
+    // Reusing id 5 while the old answer may still come is refused …
+    h.client(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#);
+    assert_eq!(h.to_client[1]["error"]["code"], -32600);
+    // … so the late tools/list answer cannot pass for the ping's, unfiltered.
+    h.upstream(r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"delete_file"}]}}"#);
+    assert_eq!(h.to_client.len(), 2);
+}
+
+#[test]
+fn a_server_flooding_bad_requests_is_not_answered() {
+    let mut h = Harness::tutorial();
+    for _ in 0..3 {
+        h.upstream(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
+    }
+    // The first is forwarded to the client; the duplicates are audited only.
+    assert_eq!(h.to_client.len(), 1);
+    assert!(
+        h.to_upstream.is_empty(),
+        "no replies pile up for a server that may not read"
+    );
+    assert_eq!(h.gateway.stats().upstream_invalid_lines, 2);
+}
