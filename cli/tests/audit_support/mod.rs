@@ -9,7 +9,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use crate::support::{write_file, yaml_list, BLOCK_MESSAGE};
+use crate::support::{security_yaml, write_file, yaml_list};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -180,12 +180,7 @@ impl AuditConfig {
             text.push_str(&sink.yaml());
         }
         if let Some(tools) = &self.allowed_tools {
-            text.push_str("  security:\n    - policy: \"tool_allowlist\"\n      enabled: true\n      config:\n");
-            text.push_str(&format!(
-                "        mode: \"allowlist\"\n        tools: {}\n",
-                yaml_list(tools)
-            ));
-            text.push_str(&format!("        block_message: \"{BLOCK_MESSAGE}\"\n"));
+            text.push_str(&security_yaml(tools));
         }
         text
     }

@@ -245,6 +245,15 @@ pub fn yaml_list<S: AsRef<str>>(items: &[S]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// The `security:` section of a config: a `tool_allowlist` in allowlist
+/// mode with the tutorial's block message.
+pub fn security_yaml<S: AsRef<str>>(tools: &[S]) -> String {
+    format!(
+        "  security:\n    - policy: \"tool_allowlist\"\n      enabled: true\n      config:\n        mode: \"allowlist\"\n        tools: {}\n        block_message: \"{BLOCK_MESSAGE}\"\n",
+        yaml_list(tools)
+    )
+}
+
 /// A gateway config in the tutorial's format, written by [`GatewayConfig::write`].
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -343,12 +352,7 @@ impl GatewayConfig {
             self.backup_count
         ));
         if let Some(tools) = &self.allowed_tools {
-            text.push_str("  security:\n    - policy: \"tool_allowlist\"\n      enabled: true\n      config:\n");
-            text.push_str(&format!(
-                "        mode: \"allowlist\"\n        tools: {}\n",
-                yaml_list(tools)
-            ));
-            text.push_str(&format!("        block_message: \"{BLOCK_MESSAGE}\"\n"));
+            text.push_str(&security_yaml(tools));
         }
         text
     }
