@@ -2,7 +2,7 @@
 //! and against no gateway at all, side by side in one run.
 //!
 //! ```text
-//! cargo run --release -p gatekit-bench                 # full run (a few minutes)
+//! cargo run --release -p gatekit-bench                 # full run (two to three minutes)
 //! cargo run --release -p gatekit-bench -- --quick      # smoke run (about a minute)
 //! cargo run --release -p gatekit-bench -- --help
 //! ```
@@ -34,7 +34,7 @@ gatekit-bench: measures Gatekit against a bare byte relay and a direct connectio
 usage: cargo run --release -p gatekit-bench -- [options]
 
   --quick             smoke run: 2 rounds, fewer calls, smaller large messages
-  --rounds N          interleaved rounds (default 7; --quick 2)
+  --rounds N          interleaved rounds (default 9; --quick 2)
   --json FILE         write results here (default target/bench/results.json)
   --scenarios LIST    comma-separated subset of: cold,latency,tools,pipelined,large,core
   --runtimes LIST     gatekit runtimes to include (default: std, and smol when
@@ -119,14 +119,14 @@ impl Plan {
     fn full() -> Self {
         Plan {
             quick: false,
-            rounds: 7,
-            cold_starts: 10,
-            latency_calls: 2000,
-            latency_warmup: 200,
+            rounds: 9,
+            cold_starts: 15,
+            latency_calls: 3000,
+            latency_warmup: 300,
             latency_bytes: 100,
-            tools_calls: 200,
-            tools_warmup: 20,
-            pipelined_messages: 20_000,
+            tools_calls: 300,
+            tools_warmup: 30,
+            pipelined_messages: 30_000,
             pipelined_bytes: 1024,
             in_flight: 64,
             large: vec![(MIB, 20), (10 * MIB, 5)],
