@@ -301,19 +301,19 @@ fn measure() -> [(&'static str, Cost, Cost); 3] {
 /// per round trip, per `tools/list` answer, and for the 1 MiB echo
 /// allocations per round trip and bytes per payload byte (a `realloc`
 /// counts its whole new size, so growing a buffer shows too).
-/// Measured when set: 37 allocations, 2,740 bytes.
+/// Measured when set: 41 allocations, 3,124 bytes.
 const BUDGET_ROUND_TRIP: Cost = Cost {
-    allocations: 48.0,
-    bytes: 3_600.0,
+    allocations: 53.0,
+    bytes: 4_060.0,
 };
-/// Measured when set: 5,562 allocations, 521,281 bytes.
+/// Measured when set: 5,565 allocations, 521,569 bytes.
 const BUDGET_TOOLS_LIST: Cost = Cost {
     allocations: 7_250.0,
     bytes: 680_000.0,
 };
-/// Measured when set: 52 allocations, 16.0 bytes per payload byte.
+/// Measured when set: 56 allocations, 16.0 bytes per payload byte.
 const BUDGET_LARGE: Cost = Cost {
-    allocations: 68.0,
+    allocations: 73.0,
     bytes: 21.0,
 };
 
