@@ -45,6 +45,15 @@ pub(crate) struct LineFramer {
     pending_start: usize,
     /// Scratch space holding the last frame handed out.
     frame: Vec<u8>,
+    /// Start of the unframed part of the input of `next_frame_in`.
+    pos: usize,
+}
+
+impl Default for LineFramer {
+    /// An empty placeholder (it allocates nothing).
+    fn default() -> Self {
+        LineFramer::new(1)
+    }
 }
 
 impl LineFramer {
@@ -56,10 +65,12 @@ impl LineFramer {
             pending: Vec::new(),
             pending_start: 0,
             frame: Vec::new(),
+            pos: 0,
         }
     }
 
     /// Appends bytes read from the peer.
+    #[cfg(test)] // the gateway frames with `next_frame_in`
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         if self.pending_start == self.pending.len() {
             self.pending.clear();
@@ -106,6 +117,7 @@ impl LineFramer {
     }
 
     /// Returns the next complete frame, or `None` when more bytes are needed.
+    #[cfg(test)] // the gateway frames with `next_frame_in`
     pub(crate) fn next_frame(&mut self) -> Option<Frame<'_>> {
         loop {
             let unframed = &self.pending[self.pending_start..];
@@ -189,8 +201,106 @@ impl LineFramer {
 }
 
 impl LineFramer {
+    /// Starts framing a new input for [`next_frame_in`](Self::next_frame_in).
+    pub(crate) fn begin(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Like [`push`](Self::push) + [`next_frame`](Self::next_frame), but
+    /// frames lines straight out of `input` (call with the same `input`
+    /// until it returns `None`, after [`begin`](Self::begin)): a line that
+    /// lies whole in `input` is borrowed from it, and only the unfinished
+    /// tail is copied.
+    pub(crate) fn next_frame_in<'a>(&'a mut self, input: &'a [u8]) -> Option<Frame<'a>> {
+        loop {
+            let unframed = &input[self.pos..];
+            if unframed.is_empty() {
+                return None;
+            }
+            let newline = memchr_newline(unframed);
+            match (self.discarding, newline) {
+                (Some(seen), Some(pos)) => {
+                    let start = self.pos;
+                    self.keep_prefix_of(input, start, pos);
+                    self.pos += pos + 1;
+                    self.discarding = None;
+                    self.frame.clear();
+                    self.frame.append(&mut self.partial);
+                    return Some(Frame::Overlong {
+                        prefix: &self.frame,
+                        total_len: seen + pos as u64,
+                    });
+                }
+                (Some(seen), None) => {
+                    let len = unframed.len();
+                    self.keep_prefix_of(input, self.pos, len);
+                    self.discarding = Some(seen + len as u64);
+                    self.pos = input.len();
+                    return None;
+                }
+                (None, Some(pos)) => {
+                    let start = self.pos;
+                    self.pos += pos + 1;
+                    let line_len = self.partial.len() + pos;
+                    if line_len > self.max_line_bytes {
+                        let keep = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
+                        let take = keep.min(pos);
+                        self.partial.extend_from_slice(&input[start..start + take]);
+                        self.frame.clear();
+                        self.frame.append(&mut self.partial);
+                        return Some(Frame::Overlong {
+                            prefix: &self.frame,
+                            total_len: line_len as u64,
+                        });
+                    }
+                    if self.partial.is_empty() {
+                        let mut end = start + pos;
+                        if end > start && input[end - 1] == b'\r' {
+                            end -= 1;
+                        }
+                        if end == start {
+                            continue; // blank line: ignored
+                        }
+                        return Some(Frame::Line(&input[start..end]));
+                    }
+                    self.partial.extend_from_slice(&input[start..start + pos]);
+                    self.frame.clear();
+                    std::mem::swap(&mut self.frame, &mut self.partial);
+                    trim_cr(&mut self.frame);
+                    if self.frame.is_empty() {
+                        continue;
+                    }
+                    return Some(Frame::Line(&self.frame));
+                }
+                (None, None) => {
+                    let line_len = self.partial.len() + unframed.len();
+                    if line_len > self.max_line_bytes {
+                        let keep = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
+                        let take = keep.min(unframed.len());
+                        self.partial.extend_from_slice(&unframed[..take]);
+                        self.partial.truncate(OVERLONG_PREFIX_BYTES);
+                        self.discarding = Some(line_len as u64);
+                    } else {
+                        self.partial.extend_from_slice(unframed);
+                    }
+                    self.pos = input.len();
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn keep_prefix_of(&mut self, input: &[u8], start: usize, len: usize) {
+        let room = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
+        let take = room.min(len);
+        self.partial.extend_from_slice(&input[start..start + take]);
+    }
+}
+
+impl LineFramer {
     /// Adds `pending[start..start + len]` to the kept prefix of an over-long
     /// line, up to [`OVERLONG_PREFIX_BYTES`].
+    #[cfg(test)] // the gateway frames with `next_frame_in`
     fn keep_prefix(&mut self, start: usize, len: usize) {
         let room = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
         let take = room.min(len);
@@ -206,7 +316,7 @@ fn trim_cr(line: &mut Vec<u8>) {
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', bytes)
 }
 
 #[cfg(test)]

@@ -340,14 +340,17 @@ impl Gateway {
                 if !self.client_open {
                     return;
                 }
-                self.client_framer.push(bytes);
-                while let Some(frame) = self.client_framer.next_frame() {
-                    let frame = own_frame(frame);
+                // The framer is taken out while its frames are handled, so
+                // they can borrow it instead of being copied.
+                let mut framer = std::mem::take(&mut self.client_framer);
+                framer.begin();
+                while let Some(frame) = framer.next_frame_in(bytes) {
                     self.on_client_frame(frame, now);
                     if self.exited {
                         break;
                     }
                 }
+                self.client_framer = framer;
             }
             Input::ClientEof => self.on_client_eof(now),
             Input::UpstreamStarted { pid } => {
@@ -362,14 +365,15 @@ impl Gateway {
                 if matches!(self.upstream, UpstreamState::Gone { .. }) {
                     return;
                 }
-                self.upstream_framer.push(bytes);
-                while let Some(frame) = self.upstream_framer.next_frame() {
-                    let frame = own_frame(frame);
+                let mut framer = std::mem::take(&mut self.upstream_framer);
+                framer.begin();
+                while let Some(frame) = framer.next_frame_in(bytes) {
                     self.on_upstream_frame(frame, now);
                     if self.exited {
                         break;
                     }
                 }
+                self.upstream_framer = framer;
             }
             Input::UpstreamEof => self.on_upstream_eof(now),
             Input::UpstreamExited(status) => self.on_upstream_exited(status, now),
@@ -407,11 +411,11 @@ impl Gateway {
 
     // ----- client side -----
 
-    fn on_client_frame(&mut self, frame: OwnedFrame, now: Timestamp) {
-        let line = match frame {
-            OwnedFrame::Line(line) => line,
-            OwnedFrame::Overlong { prefix, total_len } => {
-                let (id, shape) = jsonrpc::sniff(&prefix);
+    fn on_client_frame(&mut self, frame: Frame<'_>, now: Timestamp) {
+        let line: &[u8] = match frame {
+            Frame::Line(line) => line,
+            Frame::Overlong { prefix, total_len } => {
+                let (id, shape) = jsonrpc::sniff(prefix);
                 let reason = format!(
                     "message of {total_len} bytes exceeds the limit of {} bytes (proxy.limits.max_message_bytes)",
                     self.limits.max_message_bytes
@@ -427,17 +431,17 @@ impl Gateway {
                 return;
             }
         };
-        log::debug!(target: "gatekit.proxy.server", "client → gateway: {}", String::from_utf8_lossy(&line));
-        match parse_message(&line) {
+        log::debug!(target: "gatekit.proxy.server", "client → gateway: {}", String::from_utf8_lossy(line));
+        match parse_message(line) {
             Err(rejection) => self.reject_client_line(rejection, now),
             Ok(Message::Request { id, method, params }) => {
-                self.on_client_request(&line, id, method, params, now)
+                self.on_client_request(line, id, method, params, now)
             }
             Ok(Message::Notification { method, params }) => {
-                self.on_client_notification(&line, method, params, now)
+                self.on_client_notification(line, method, params, now)
             }
             Ok(Message::Response { id, outcome, .. }) => {
-                self.on_client_response(&line, id, outcome, now)
+                self.on_client_response(line, id, outcome, now)
             }
         }
     }
@@ -497,12 +501,19 @@ impl Gateway {
                 self.client_name = Some(name);
             }
         }
-        let tool = (method == "tools/call").then(|| tool_name(params));
+        // One parse of a tools/call's params gives both the tool and the
+        // arguments to record.
+        let (tool, recorded_params) = if method == "tools/call" {
+            let (tool, arguments) = tool_call_params(params);
+            (Some(tool), arguments)
+        } else {
+            (None, request_params(&method, params))
+        };
         let mut record = self.record(now, EventType::Request, Source::Client);
         record.method = Some(method.clone());
         record.request_id = Some(id.to_string());
         record.tool = tool.as_ref().and_then(|t| t.as_ref().ok().cloned());
-        record.params = request_params(&method, params);
+        record.params = recorded_params;
 
         if let Some(reason) = self.unavailable_reason() {
             record.status = Some("ERROR");
@@ -701,12 +712,13 @@ impl Gateway {
             return;
         }
         self.client_open = false;
-        if let Some(frame) = self.client_framer.finish() {
-            let frame = own_frame(frame);
+        let mut framer = std::mem::take(&mut self.client_framer);
+        if let Some(frame) = framer.finish() {
             self.client_open = true; // still handle the last, unterminated line
             self.on_client_frame(frame, now);
             self.client_open = false;
         }
+        self.client_framer = framer;
         if self.startup_failure.is_some() {
             self.begin_exit(1);
             return;
@@ -724,12 +736,12 @@ impl Gateway {
 
     // ----- upstream side -----
 
-    fn on_upstream_frame(&mut self, frame: OwnedFrame, now: Timestamp) {
-        let line = match frame {
-            OwnedFrame::Line(line) => line,
-            OwnedFrame::Overlong { prefix, total_len } => {
+    fn on_upstream_frame(&mut self, frame: Frame<'_>, now: Timestamp) {
+        let line: &[u8] = match frame {
+            Frame::Line(line) => line,
+            Frame::Overlong { prefix, total_len } => {
                 self.stats.upstream_invalid_lines += 1;
-                let (id, shape) = jsonrpc::sniff(&prefix);
+                let (id, shape) = jsonrpc::sniff(prefix);
                 let reason = format!(
                     "upstream message of {total_len} bytes exceeds the limit of {} bytes (proxy.limits.max_message_bytes)",
                     self.limits.max_message_bytes
@@ -744,15 +756,15 @@ impl Gateway {
                 return;
             }
         };
-        log::debug!(target: "gatekit.proxy.server", "upstream → gateway: {}", String::from_utf8_lossy(&line));
-        match parse_message(&line) {
+        log::debug!(target: "gatekit.proxy.server", "upstream → gateway: {}", String::from_utf8_lossy(line));
+        match parse_message(line) {
             Err(rejection) => {
                 self.stats.upstream_invalid_lines += 1;
                 log::warn!(
                     target: "gatekit.proxy.server",
                     "ignoring invalid line from the upstream server ({}): {}",
                     rejection.reason,
-                    truncate_for_log(&line)
+                    truncate_for_log(line)
                 );
                 self.protocol_error(
                     Source::Server,
@@ -770,7 +782,7 @@ impl Gateway {
                 }
             }
             Ok(Message::Request { id, method, params }) => {
-                self.on_server_request(&line, id, method, params, now)
+                self.on_server_request(line, id, method, params, now)
             }
             Ok(Message::Notification { method, params }) => {
                 let mut record = self.record(now, EventType::Notification, Source::Server);
@@ -784,13 +796,13 @@ impl Gateway {
                 }
                 record.method = Some(method);
                 self.audit(record);
-                self.forward(Output::ToClient(with_newline(&line)), Fallback::Drop);
+                self.forward(Output::ToClient(with_newline(line)), Fallback::Drop);
             }
             Ok(Message::Response {
                 id,
                 outcome,
                 result,
-            }) => self.on_server_response(&line, id, result, outcome, now),
+            }) => self.on_server_response(line, id, result, outcome, now),
         }
     }
 
@@ -958,10 +970,11 @@ impl Gateway {
     }
 
     fn on_upstream_eof(&mut self, now: Timestamp) {
-        if let Some(frame) = self.upstream_framer.finish() {
-            let frame = own_frame(frame);
+        let mut framer = std::mem::take(&mut self.upstream_framer);
+        if let Some(frame) = framer.finish() {
             self.on_upstream_frame(frame, now);
         }
+        self.upstream_framer = framer;
         match self.upstream.clone() {
             UpstreamState::Running => {
                 // Usually the process is exiting; wait briefly for its status
@@ -1456,23 +1469,6 @@ pub fn audit_sinks(config: &Config) -> impl Iterator<Item = (AuditSinkId, &FileA
         .map(|(i, cfg)| (AuditSinkId(i), cfg))
 }
 
-/// A frame copied out of the framer, so the framer can be used again while
-/// the frame is handled.
-enum OwnedFrame {
-    Line(Vec<u8>),
-    Overlong { prefix: Vec<u8>, total_len: u64 },
-}
-
-fn own_frame(frame: Frame<'_>) -> OwnedFrame {
-    match frame {
-        Frame::Line(line) => OwnedFrame::Line(line.to_vec()),
-        Frame::Overlong { prefix, total_len } => OwnedFrame::Overlong {
-            prefix: prefix.to_vec(),
-            total_len,
-        },
-    }
-}
-
 /// The members of `tools/call` params the gateway reads.
 #[derive(serde::Deserialize)]
 struct CallParams<'a> {
@@ -1503,6 +1499,29 @@ fn first_cancelled(table: &BTreeMap<RequestId, Pending>) -> Option<RequestId> {
         .filter(|(_, p)| p.cancelled)
         .min_by_key(|(_, p)| p.forwarded_at)
         .map(|(id, _)| id.clone())
+}
+
+/// A `tools/call`'s tool name (or why it cannot be read) and its
+/// `arguments` as raw JSON text, from one parse of `params`.
+fn tool_call_params(params: Option<&RawValue>) -> (Result<String, String>, Option<String>) {
+    let Some(params) = params else {
+        return (Err("no params".to_owned()), None);
+    };
+    if !params.get().starts_with('{') {
+        return (Err("params is not an object".to_owned()), None);
+    }
+    let parsed: CallParams<'_> = match serde_json::from_str(params.get()) {
+        Ok(parsed) => parsed,
+        Err(e) => return (Err(format!("params unreadable: {e}")), None),
+    };
+    let arguments = parsed.arguments.map(|a| a.get().to_owned());
+    let tool = match parsed.name {
+        None => Err("params.name is missing".to_owned()),
+        Some(name) => {
+            jsonrpc::json_string(name).ok_or_else(|| "params.name is not a string".to_owned())
+        }
+    };
+    (tool, arguments)
 }
 
 /// The `requestId` of a `notifications/cancelled`.

@@ -206,6 +206,16 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     let text = std::str::from_utf8(line)
         .map_err(|_| Rejection::parse(JsonProblem::InvalidUtf8.to_string()))?;
     let first = text.trim_start().as_bytes().first().copied();
+    // Fast path for the usual case, a valid object: one serde pass reads the
+    // envelope (and checks the syntax), and a memchr scan checks the keys.
+    // Anything unusual takes the full strict check below, unchanged.
+    if first == Some(b'{') {
+        if let Ok(env) = serde_json::from_str::<Envelope<'_>>(text) {
+            if crate::strict_json::scan_keys(text) == crate::strict_json::KeyScan::Unique {
+                return classify(env);
+            }
+        }
+    }
     if let Err(problem) = check_strict(text) {
         let mut rejection = Rejection::parse(problem.to_string());
         if let JsonProblem::DuplicateKey(_) | JsonProblem::CaseVariantKey(_) = problem {

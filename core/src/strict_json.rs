@@ -56,6 +56,125 @@ pub(crate) fn check_strict(text: &str) -> Result<(), JsonProblem> {
     result.map_err(|e| JsonProblem::Syntax(e.to_string()))
 }
 
+/// What the fast duplicate-key scan found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum KeyScan {
+    /// No object repeats a key.
+    Unique,
+    /// Something the scan leaves to [`check_strict`]: a repeated key, a key
+    /// with an escape, or deep nesting. The caller runs the full check,
+    /// which reports exactly what it always did.
+    Unsure,
+}
+
+/// Nesting beyond this is left to [`check_strict`] (serde_json stops at 128).
+const SCAN_DEPTH: usize = 100;
+
+/// Looks for repeated keys in `text`, which must already be known to be
+/// valid JSON (serde_json parsed it). Strings are skipped with `memchr`,
+/// so this costs a fraction of a parse; it allocates only for objects
+/// nested deeper than a few levels or with more than 16 keys.
+pub(crate) fn scan_keys(text: &str) -> KeyScan {
+    struct Open<'a> {
+        object: bool,
+        keys_start: usize,
+        set: Option<BTreeSet<&'a str>>,
+    }
+    let bytes = text.as_bytes();
+    let mut stack: Vec<Open<'_>> = Vec::with_capacity(8);
+    let mut keys: Vec<&str> = Vec::with_capacity(32);
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let depth = stack.len();
+        match bytes[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                let mut escaped = false;
+                loop {
+                    let Some(k) = memchr::memchr2(b'"', b'\\', &bytes[j..]) else {
+                        return KeyScan::Unsure; // not valid JSON after all
+                    };
+                    if bytes[j + k] == b'\\' {
+                        escaped = true;
+                        j += k + 2;
+                    } else {
+                        j += k;
+                        break;
+                    }
+                }
+                if expect_key {
+                    if escaped {
+                        return KeyScan::Unsure;
+                    }
+                    let key = &text[start..j];
+                    let Some(open) = stack.last_mut() else {
+                        return KeyScan::Unsure;
+                    };
+                    match &mut open.set {
+                        Some(set) => {
+                            if !set.insert(key) {
+                                return KeyScan::Unsure;
+                            }
+                        }
+                        None => {
+                            if keys[open.keys_start..].contains(&key) {
+                                return KeyScan::Unsure;
+                            }
+                            // The envelope and params/result also refuse
+                            // keys equal but for ASCII case (see
+                            // CASE_CHECK_DEPTH); non-ASCII keys (ſ, K) and
+                            // big objects there go the full way.
+                            if depth <= CASE_CHECK_DEPTH + 1 {
+                                let mine = &keys[open.keys_start..];
+                                if !key.is_ascii()
+                                    || mine.len() >= LINEAR_SCAN_KEYS
+                                    || mine.iter().any(|k| k.eq_ignore_ascii_case(key))
+                                {
+                                    return KeyScan::Unsure;
+                                }
+                            }
+                            keys.push(key);
+                            if keys.len() - open.keys_start > LINEAR_SCAN_KEYS {
+                                open.set = Some(keys.drain(open.keys_start..).collect());
+                            }
+                        }
+                    }
+                    expect_key = false;
+                }
+                i = j + 1;
+            }
+            b'{' | b'[' => {
+                if stack.len() >= SCAN_DEPTH {
+                    return KeyScan::Unsure;
+                }
+                let object = bytes[i] == b'{';
+                stack.push(Open {
+                    object,
+                    keys_start: keys.len(),
+                    set: None,
+                });
+                expect_key = object;
+                i += 1;
+            }
+            b'}' | b']' => {
+                if let Some(open) = stack.pop() {
+                    keys.truncate(open.keys_start);
+                }
+                expect_key = false;
+                i += 1;
+            }
+            b',' => {
+                expect_key = stack.last().is_some_and(|o| o.object);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    KeyScan::Unique
+}
+
 /// Seed that walks one value; records the first duplicate key it meets.
 struct Walk<'s> {
     duplicate: &'s mut Option<JsonProblem>,
@@ -159,21 +278,24 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        // The first keys live on the stack: most objects allocate nothing.
+        let mut few: [Option<Cow<'de, str>>; LINEAR_SCAN_KEYS] = [const { None }; LINEAR_SCAN_KEYS];
+        let mut few_len = 0;
         let mut many: BTreeSet<Cow<'de, str>> = BTreeSet::new();
         let mut seen: Vec<Cow<'de, str>> = Vec::new();
         let mut seen_folded: BTreeSet<String> = BTreeSet::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            let repeated = if many.is_empty() && few.len() < LINEAR_SCAN_KEYS {
-                if few.contains(&key) {
+            let repeated = if many.is_empty() && few_len < LINEAR_SCAN_KEYS {
+                if few[..few_len].iter().any(|k| k.as_ref() == Some(&key)) {
                     true
                 } else {
-                    few.push(key.clone());
+                    few[few_len] = Some(key.clone());
+                    few_len += 1;
                     false
                 }
             } else {
                 if many.is_empty() {
-                    many.extend(few.drain(..));
+                    many.extend(few.iter_mut().filter_map(Option::take));
                 }
                 !many.insert(key.clone())
             };
@@ -299,5 +421,83 @@ mod tests {
         assert!(matches!(check_strict("{} {}"), Err(JsonProblem::Syntax(_))));
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         assert!(matches!(check_strict(&deep), Err(JsonProblem::Syntax(_))));
+    }
+}
+
+#[cfg(test)]
+mod differential_random {
+    use super::*;
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    fn value(r: &mut Lcg, depth: usize, out: &mut String) {
+        const KEYS: [&str; 9] = [
+            "a",
+            "A",
+            "b",
+            "B",
+            "name",
+            "Name",
+            "n\\u0061me",
+            "params",
+            "\\u017Fx",
+        ];
+        match if depth > 4 { r.next(3) } else { r.next(6) } {
+            0 => out.push('1'),
+            1 => out.push_str("\"s\\\"{,}:[\""),
+            2 => out.push_str("null"),
+            3 | 4 => {
+                out.push('{');
+                for i in 0..r.next(5) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push('"');
+                    out.push_str(KEYS[r.next(KEYS.len() as u64) as usize]);
+                    out.push_str("\":");
+                    value(r, depth + 1, out);
+                }
+                out.push('}');
+            }
+            _ => {
+                out.push('[');
+                for i in 0..r.next(4) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    value(r, depth + 1, out);
+                }
+                out.push(']');
+            }
+        }
+    }
+
+    #[test]
+    fn fast_scan_agrees_with_the_full_check_on_random_json() {
+        let mut r = Lcg(42);
+        let (mut fast, mut refused) = (0, 0);
+        for _ in 0..200_000 {
+            let mut text = String::from("{\"jsonrpc\":\"2.0\",\"x\":");
+            value(&mut r, 0, &mut text);
+            text.push('}');
+            let strict = check_strict(&text);
+            if strict.is_err() {
+                refused += 1;
+            }
+            if scan_keys(&text) == KeyScan::Unique {
+                fast += 1;
+                assert_eq!(strict, Ok(()), "fast path accepted {text}");
+            }
+        }
+        eprintln!("{fast} fast, {refused} refused by the full check");
     }
 }

@@ -238,7 +238,9 @@ impl AuditSink {
         if !self.wants(record) {
             return None;
         }
-        let mut line = Vec::with_capacity(256);
+        // Sized for the recorded params, so a large argument is not copied
+        // again and again while the line grows.
+        let mut line = Vec::with_capacity(256 + record.params.as_ref().map_or(0, String::len));
         match self.format {
             AuditFormat::Json => json::format(record, &mut line),
             AuditFormat::Line => line::format(record, &mut line),
