@@ -301,20 +301,20 @@ fn measure() -> [(&'static str, Cost, Cost); 3] {
 /// per round trip, per `tools/list` answer, and for the 1 MiB echo
 /// allocations per round trip and bytes per payload byte (a `realloc`
 /// counts its whole new size, so growing a buffer shows too).
-/// Measured when set: 41 allocations, 3,124 bytes.
+/// Measured when set: 30 allocations, 3,119 bytes.
 const BUDGET_ROUND_TRIP: Cost = Cost {
-    allocations: 53.0,
+    allocations: 39.0,
     bytes: 4_060.0,
 };
-/// Measured when set: 5,565 allocations, 521,569 bytes.
+/// Measured when set: 3,558 allocations, 257,447 bytes.
 const BUDGET_TOOLS_LIST: Cost = Cost {
-    allocations: 7_250.0,
-    bytes: 680_000.0,
+    allocations: 4_630.0,
+    bytes: 335_000.0,
 };
-/// Measured when set: 56 allocations, 16.0 bytes per payload byte.
+/// Measured when set: 42 allocations, 11.9 bytes per payload byte.
 const BUDGET_LARGE: Cost = Cost {
-    allocations: 73.0,
-    bytes: 21.0,
+    allocations: 55.0,
+    bytes: 15.5,
 };
 
 #[test]
