@@ -625,3 +625,80 @@ fn an_upstream_that_ignores_stdin_eof_is_stopped_by_sigterm_not_sigkill() {
         finished.stderr
     );
 }
+
+/// A client that dies without closing the gateway's stdin (here the
+/// gateway's stdin stays open in the test while its parent process exits):
+/// the kernel's parent-death signal starts the orderly shutdown, and no
+/// process of the upstream survives.
+#[test]
+fn the_gateway_shuts_down_when_its_parent_dies() {
+    let python = "python3";
+    let found = std::process::Command::new(python)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is needed for the parent-death test"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED parent-death test: python3 is not on PATH"
+        );
+        return;
+    }
+    let dir = TempDir::new("parent-death");
+    let pid_file = dir.join("upstream.pid");
+    let script = format!("echo $$ > '{}'; exec sleep 300", pid_file.display());
+    let config = GatewayConfig::new(vec!["sh".into(), "-c".into(), script]).write(dir.path());
+    let gateway_cmd = gateway_command(&config);
+    // A parent that starts the gateway (sharing the test's stdin pipe, which
+    // stays open) and exits at once, printing the gateway's pid.
+    let launcher = format!(
+        "import subprocess, sys\np = subprocess.Popen({:?}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint(p.pid)\n",
+        std::iter::once(gateway_cmd.get_program().to_string_lossy().into_owned())
+            .chain(gateway_cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+    );
+    let mut parent = std::process::Command::new(python)
+        .arg("-c")
+        .arg(launcher)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    let output = parent
+        .stdout
+        .take()
+        .map(std::io::read_to_string)
+        .transpose()
+        .expect("pid");
+    let _keep_stdin_open = parent.stdin.take();
+    let _ = parent.wait();
+    let gateway_pid: u32 = output
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .expect("the gateway's pid");
+    // The upstream started; its parent (the gateway) now has a dead parent.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let upstream_pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let processes: std::collections::BTreeSet<u32> = [gateway_pid, upstream_pid].into();
+    // Shutdown: stdin close, 2 s, SIGTERM (sleep dies then).
+    check_no_survivors(&processes);
+}
