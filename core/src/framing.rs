@@ -7,8 +7,6 @@
 //! only a short prefix (enough to read the request id out of it) and
 //! discards the rest up to the next newline.
 
-use std::ops::Range;
-
 /// How many leading bytes of an over-long line are kept so that the gateway
 /// can still answer the request it started (the id is usually near the front).
 pub(crate) const OVERLONG_PREFIX_BYTES: usize = 4096;
@@ -29,9 +27,11 @@ pub(crate) enum Frame<'a> {
 
 /// Splits a byte stream into lines, enforcing the line-length bound.
 ///
-/// Usage: [`LineFramer::push`] some bytes, then call [`LineFramer::next_frame`]
-/// until it returns `None`, then push more. Bytes handed to `push` are consumed
-/// lazily, so a frame borrows either the pushed chunk or the internal buffer.
+/// Usage: for each chunk read from the peer, call [`LineFramer::begin`],
+/// then [`LineFramer::next_frame_in`] with that chunk until it returns
+/// `None`. A line that lies whole in the chunk is borrowed from it; only the
+/// unfinished tail of a line is kept between chunks. At end of stream,
+/// [`LineFramer::finish`] hands out an unterminated last line.
 #[derive(Debug)]
 pub(crate) struct LineFramer {
     max_line_bytes: usize,
@@ -39,13 +39,9 @@ pub(crate) struct LineFramer {
     partial: Vec<u8>,
     /// Set while discarding the remainder of an over-long line.
     discarding: Option<u64>,
-    /// Bytes pushed but not yet framed.
-    pending: Vec<u8>,
-    /// Start of the unframed part of `pending`.
-    pending_start: usize,
     /// Scratch space holding the last frame handed out.
     frame: Vec<u8>,
-    /// Start of the unframed part of the input of `next_frame_in`.
+    /// Start of the unframed part of the current chunk.
     pos: usize,
 }
 
@@ -62,21 +58,9 @@ impl LineFramer {
             max_line_bytes: max_line_bytes.max(1),
             partial: Vec::new(),
             discarding: None,
-            pending: Vec::new(),
-            pending_start: 0,
             frame: Vec::new(),
             pos: 0,
         }
-    }
-
-    /// Appends bytes read from the peer.
-    #[cfg(test)] // the gateway frames with `next_frame_in`
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
-        if self.pending_start == self.pending.len() {
-            self.pending.clear();
-            self.pending_start = 0;
-        }
-        self.pending.extend_from_slice(bytes);
     }
 
     /// Takes the unfinished last line at end of stream, if any. A peer that
@@ -84,10 +68,7 @@ impl LineFramer {
     /// MCP peers normally end every line, but a lost newline must not lose a
     /// request.
     pub(crate) fn finish(&mut self) -> Option<Frame<'_>> {
-        let rest: Range<usize> = self.pending_start..self.pending.len();
-        self.pending_start = self.pending.len();
-        if let Some(total) = self.discarding.take() {
-            let total_len = total + rest.len() as u64;
+        if let Some(total_len) = self.discarding.take() {
             self.frame.clear();
             self.frame.append(&mut self.partial);
             return Some(Frame::Overlong {
@@ -95,20 +76,11 @@ impl LineFramer {
                 total_len,
             });
         }
-        self.partial.extend_from_slice(&self.pending[rest]);
         if self.partial.is_empty() {
             return None;
         }
         self.frame.clear();
         std::mem::swap(&mut self.frame, &mut self.partial);
-        if self.frame.len() > self.max_line_bytes {
-            let total_len = self.frame.len() as u64;
-            self.frame.truncate(OVERLONG_PREFIX_BYTES);
-            return Some(Frame::Overlong {
-                prefix: &self.frame,
-                total_len,
-            });
-        }
         trim_cr(&mut self.frame);
         if self.frame.is_empty() {
             return None; // a last line of just "\r" is blank, like any other
@@ -116,101 +88,14 @@ impl LineFramer {
         Some(Frame::Line(&self.frame))
     }
 
-    /// Returns the next complete frame, or `None` when more bytes are needed.
-    #[cfg(test)] // the gateway frames with `next_frame_in`
-    pub(crate) fn next_frame(&mut self) -> Option<Frame<'_>> {
-        loop {
-            let unframed = &self.pending[self.pending_start..];
-            if unframed.is_empty() {
-                return None;
-            }
-            let newline = memchr_newline(unframed);
-            match (self.discarding, newline) {
-                (Some(seen), Some(pos)) => {
-                    let start = self.pending_start;
-                    self.keep_prefix(start, pos);
-                    self.pending_start += pos + 1;
-                    self.discarding = None;
-                    self.frame.clear();
-                    self.frame.append(&mut self.partial);
-                    return Some(Frame::Overlong {
-                        prefix: &self.frame,
-                        total_len: seen + pos as u64,
-                    });
-                }
-                (Some(seen), None) => {
-                    let len = unframed.len();
-                    self.keep_prefix(self.pending_start, len);
-                    self.discarding = Some(seen + len as u64);
-                    self.pending_start = self.pending.len();
-                    return None;
-                }
-                (None, Some(pos)) => {
-                    let start = self.pending_start;
-                    self.pending_start += pos + 1;
-                    let line_len = self.partial.len() + pos;
-                    if line_len > self.max_line_bytes {
-                        let keep = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
-                        let take = keep.min(pos);
-                        self.partial
-                            .extend_from_slice(&self.pending[start..start + take]);
-                        self.frame.clear();
-                        self.frame.append(&mut self.partial);
-                        return Some(Frame::Overlong {
-                            prefix: &self.frame,
-                            total_len: line_len as u64,
-                        });
-                    }
-                    if self.partial.is_empty() {
-                        let mut end = start + pos;
-                        if end > start && self.pending[end - 1] == b'\r' {
-                            end -= 1;
-                        }
-                        if end == start {
-                            continue; // blank line: ignored
-                        }
-                        return Some(Frame::Line(&self.pending[start..end]));
-                    }
-                    self.partial
-                        .extend_from_slice(&self.pending[start..start + pos]);
-                    self.frame.clear();
-                    std::mem::swap(&mut self.frame, &mut self.partial);
-                    trim_cr(&mut self.frame);
-                    if self.frame.is_empty() {
-                        continue;
-                    }
-                    return Some(Frame::Line(&self.frame));
-                }
-                (None, None) => {
-                    let line_len = self.partial.len() + unframed.len();
-                    if line_len > self.max_line_bytes {
-                        let keep = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
-                        let take = keep.min(unframed.len());
-                        self.partial.extend_from_slice(&unframed[..take]);
-                        self.partial.truncate(OVERLONG_PREFIX_BYTES);
-                        self.discarding = Some(line_len as u64);
-                    } else {
-                        self.partial.extend_from_slice(unframed);
-                    }
-                    self.pending_start = self.pending.len();
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-impl LineFramer {
-    /// Starts framing a new input for [`next_frame_in`](Self::next_frame_in).
+    /// Starts framing a new chunk with [`next_frame_in`](Self::next_frame_in).
     pub(crate) fn begin(&mut self) {
         self.pos = 0;
     }
 
-    /// Like [`push`](Self::push) + [`next_frame`](Self::next_frame), but
-    /// frames lines straight out of `input` (call with the same `input`
-    /// until it returns `None`, after [`begin`](Self::begin)): a line that
-    /// lies whole in `input` is borrowed from it, and only the unfinished
-    /// tail is copied.
+    /// Returns the next complete frame of `input` (the chunk given since
+    /// [`begin`](Self::begin); call with the same chunk until it returns
+    /// `None`), or `None` when more bytes are needed.
     pub(crate) fn next_frame_in<'a>(&'a mut self, input: &'a [u8]) -> Option<Frame<'a>> {
         loop {
             let unframed = &input[self.pos..];
@@ -290,22 +175,12 @@ impl LineFramer {
         }
     }
 
+    /// Adds `input[start..start + len]` to the kept prefix of an over-long
+    /// line, up to [`OVERLONG_PREFIX_BYTES`].
     fn keep_prefix_of(&mut self, input: &[u8], start: usize, len: usize) {
         let room = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
         let take = room.min(len);
         self.partial.extend_from_slice(&input[start..start + take]);
-    }
-}
-
-impl LineFramer {
-    /// Adds `pending[start..start + len]` to the kept prefix of an over-long
-    /// line, up to [`OVERLONG_PREFIX_BYTES`].
-    #[cfg(test)] // the gateway frames with `next_frame_in`
-    fn keep_prefix(&mut self, start: usize, len: usize) {
-        let room = OVERLONG_PREFIX_BYTES.saturating_sub(self.partial.len());
-        let take = room.min(len);
-        self.partial
-            .extend_from_slice(&self.pending[start..start + take]);
     }
 }
 
@@ -329,8 +204,9 @@ mod tests {
         Overlong(Vec<u8>, u64),
     }
 
-    fn drain(framer: &mut LineFramer, out: &mut Vec<Owned>) {
-        while let Some(frame) = framer.next_frame() {
+    fn drain(framer: &mut LineFramer, chunk: &[u8], out: &mut Vec<Owned>) {
+        framer.begin();
+        while let Some(frame) = framer.next_frame_in(chunk) {
             out.push(match frame {
                 Frame::Line(l) => Owned::Line(l.to_vec()),
                 Frame::Overlong { prefix, total_len } => {
@@ -344,8 +220,7 @@ mod tests {
         let mut framer = LineFramer::new(max);
         let mut out = Vec::new();
         for piece in input.chunks(chunk.max(1)) {
-            framer.push(piece);
-            drain(&mut framer, &mut out);
+            drain(&mut framer, piece, &mut out);
         }
         if let Some(frame) = framer.finish() {
             out.push(match frame {
@@ -410,19 +285,21 @@ mod tests {
     #[test]
     fn discarding_never_buffers_the_whole_line() {
         let mut framer = LineFramer::new(10);
+        let chunk = [b'q'; 1000];
         for _ in 0..1000 {
-            framer.push(&[b'q'; 1000]);
-            assert!(framer.next_frame().is_none());
+            framer.begin();
+            assert!(framer.next_frame_in(&chunk).is_none());
             assert!(framer.partial.len() <= OVERLONG_PREFIX_BYTES);
         }
-        framer.push(b"\nok\n");
+        let tail = b"\nok\n";
+        framer.begin();
         assert!(matches!(
-            framer.next_frame(),
+            framer.next_frame_in(tail),
             Some(Frame::Overlong {
                 total_len: 1_000_000,
                 ..
             })
         ));
-        assert_eq!(framer.next_frame(), Some(Frame::Line(b"ok")));
+        assert_eq!(framer.next_frame_in(tail), Some(Frame::Line(b"ok")));
     }
 }
