@@ -6,6 +6,7 @@ use crate::framing::{Frame, LineFramer};
 use crate::jsonrpc::{
     self, error_response, parse_message, Message, Outcome, Rejection, RequestId, Shape,
 };
+use crate::output_queue::OutputQueue;
 use crate::policy::{CallDecision, SecurityPolicies, ToolAllowlist};
 use crate::tools_filter::filter_tools_list;
 use jiff::{SignedDuration, Timestamp};
@@ -136,14 +137,6 @@ enum Fallback {
     Drop,
 }
 
-/// An output waiting to be polled, with what replaces it if the audit log
-/// fails before it is carried out.
-#[derive(Debug)]
-struct Queued {
-    output: Output,
-    fallback: Option<Fallback>,
-}
-
 /// A request waiting for its response.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -255,7 +248,7 @@ pub struct Gateway {
     exited: bool,
     /// Set when the upstream failed to start: every request gets this reason.
     startup_failure: Option<String>,
-    outputs: VecDeque<Queued>,
+    outputs: OutputQueue<Fallback>,
     stats: GatewayStats,
     /// Client requests that time out, by deadline (only with a request timeout).
     request_deadlines: std::collections::BTreeSet<(Timestamp, RequestId)>,
@@ -281,10 +274,11 @@ impl Gateway {
                 SecurityPlugin::ToolAllowlist(cfg) => allowlists.push(ToolAllowlist::new(cfg)),
             }
         }
-        let sinks = audit_sinks(config)
+        let sinks: Vec<AuditSink> = audit_sinks(config)
             .map(|(_, cfg)| AuditSink::new(cfg))
             .collect();
         let max = config.proxy.limits.max_message_bytes;
+        let outputs = OutputQueue::new(sinks.len());
         Gateway {
             limits: config.proxy.limits,
             server_name: config.proxy.upstream.name.clone(),
@@ -301,7 +295,7 @@ impl Gateway {
             exit_code: None,
             exited: false,
             startup_failure: None,
-            outputs: VecDeque::new(),
+            outputs,
             stats: GatewayStats::default(),
             disconnected_replies: 0,
             exit_after_input: false,
@@ -396,7 +390,7 @@ impl Gateway {
 
     /// Returns the next action, or [`Output::Wait`] when there is none.
     pub fn poll_output(&mut self) -> Output {
-        if let Some(queued) = self.outputs.pop_front() {
+        if let Some(queued) = self.outputs.pop() {
             return queued.output;
         }
         if self.exited {
@@ -1275,10 +1269,7 @@ impl Gateway {
     fn audit(&mut self, record: AuditRecord) {
         for (i, sink) in self.sinks.iter_mut().enumerate() {
             if let Some(write) = sink.write(AuditSinkId(i), &record) {
-                self.outputs.push_back(Queued {
-                    output: Output::Audit(write),
-                    fallback: None,
-                });
+                self.outputs.push(Output::Audit(write), None);
             }
         }
     }
@@ -1349,10 +1340,7 @@ impl Gateway {
 
     /// Queues an output that carries no peer data (a gateway reply, a signal).
     fn emit(&mut self, output: Output) {
-        self.outputs.push_back(Queued {
-            output,
-            fallback: None,
-        });
+        self.outputs.push(output, None);
     }
 
     /// Queues a forwarded message, whose audit record was queued just before.
@@ -1361,10 +1349,7 @@ impl Gateway {
     /// that failed earlier is not judged in advance: the write of this
     /// message's record is what tells whether it works again.
     fn forward(&mut self, output: Output, fallback: Fallback) {
-        self.outputs.push_back(Queued {
-            output,
-            fallback: Some(fallback),
-        });
+        self.outputs.push(output, Some(fallback));
     }
 
     /// The reason a critical audit sink cannot be written, if one cannot.
@@ -1396,10 +1381,10 @@ impl Gateway {
             return;
         }
         // Messages queued after their (now lost) records must not pass.
-        let queued = std::mem::take(&mut self.outputs);
+        let queued = self.outputs.take_all();
         for entry in queued {
             match entry.fallback {
-                None => self.outputs.push_back(entry),
+                None => self.outputs.push(entry.output, None),
                 Some(fallback) => {
                     if let Some(replacement) = self.fall_back(fallback, now) {
                         self.emit(replacement);

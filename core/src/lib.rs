@@ -67,6 +67,7 @@ pub mod config;
 mod framing;
 mod gateway;
 pub mod jsonrpc;
+mod output_queue;
 mod policy;
 pub mod replay;
 mod rotation;

@@ -47,7 +47,12 @@ fn run(script: &[(Side, &str)]) -> (Vec<String>, Vec<String>, Vec<Value>) {
                 Output::ToUpstream(b) => {
                     to_upstream.push(String::from_utf8(b).unwrap().trim_end().to_owned())
                 }
-                Output::Audit(w) => audit.push(serde_json::from_slice(&w.bytes).unwrap()),
+                Output::Audit(w) => {
+                    // One write may hold several records, one per line.
+                    for record in w.bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                        audit.push(serde_json::from_slice(record).unwrap());
+                    }
+                }
                 Output::Wait(_) => break,
                 _ => {}
             }

@@ -458,19 +458,22 @@ impl Observer for Decisions {
                 let Some(message) = self.current.map(|i| &mut self.messages[i]) else {
                     return;
                 };
-                let Ok(record) = serde_json::from_slice::<Value>(&write.bytes) else {
-                    return;
-                };
-                let field = |name: &str| record.get(name).and_then(Value::as_str);
-                let reason = field("reason").unwrap_or("no reason given").to_owned();
-                match (field("event_type"), field("source"), field("status")) {
-                    (Some("REQUEST"), Some("client"), Some("BLOCKED"))
-                    | (Some("SECURITY_BLOCK"), _, _) => message.blocked = Some(reason),
-                    (Some("REQUEST"), Some("client"), Some("ERROR"))
-                    | (Some("PROTOCOL_ERROR"), Some("client"), _) => {
-                        message.refused.get_or_insert(reason);
+                // One write may hold several records (one per line).
+                for line in write.bytes.split(|&b| b == b'\n') {
+                    let Ok(record) = serde_json::from_slice::<Value>(line) else {
+                        continue;
+                    };
+                    let field = |name: &str| record.get(name).and_then(Value::as_str);
+                    let reason = field("reason").unwrap_or("no reason given").to_owned();
+                    match (field("event_type"), field("source"), field("status")) {
+                        (Some("REQUEST"), Some("client"), Some("BLOCKED"))
+                        | (Some("SECURITY_BLOCK"), _, _) => message.blocked = Some(reason),
+                        (Some("REQUEST"), Some("client"), Some("ERROR"))
+                        | (Some("PROTOCOL_ERROR"), Some("client"), _) => {
+                            message.refused.get_or_insert(reason);
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
             Action::ToUpstream(_) => {

@@ -14,7 +14,9 @@
 //! 3. no `tools/call` for a tool outside the allowlist reaches the upstream,
 //!    and no `tools/list` result the client sees lists such a tool;
 //! 4. every line the gateway writes to either peer, and every audit line, is
-//!    valid JSON without duplicate keys.
+//!    valid JSON without duplicate keys;
+//! 5. a client request reaches the upstream only after its audit record
+//!    (`REQUEST`, `ALLOWED`) was handed out to be written.
 
 #![allow(dead_code)]
 
@@ -95,6 +97,9 @@ struct Session {
     /// The method of the latest request with each id that reached the
     /// upstream (ids may be reused once a request is over).
     forwarded_methods: BTreeMap<String, String>,
+    /// Audited, allowed client requests not yet seen on their way to the
+    /// upstream: how many per id (in the audit records' form of ids).
+    audited_requests: BTreeMap<String, usize>,
     exited: bool,
     upstream_gone: bool,
 }
@@ -111,6 +116,7 @@ pub fn check_session(data: &[u8]) {
         client_bytes: Vec::new(),
         responses: BTreeMap::new(),
         forwarded_methods: BTreeMap::new(),
+        audited_requests: BTreeMap::new(),
         exited: false,
         upstream_gone: false,
     };
@@ -272,6 +278,7 @@ impl Session {
                             );
                         }
                         if message.get("method").is_some() && message.get("id").is_some() {
+                            self.check_audited_before_forwarded(&message["id"], line);
                             self.forwarded_methods.insert(
                                 id_key(&message["id"]),
                                 message["method"].as_str().unwrap_or_default().to_owned(),
@@ -282,13 +289,37 @@ impl Session {
                 }
                 Output::Audit(write) => {
                     for line in lines(&write.bytes) {
-                        strict_json(line, "an audit line");
+                        let record = strict_json(line, "an audit line");
+                        if record["event_type"] == "REQUEST"
+                            && record["source"] == "client"
+                            && record["status"] == "ALLOWED"
+                        {
+                            if let Some(id) = record["request_id"].as_str() {
+                                *self.audited_requests.entry(id.to_owned()).or_default() += 1;
+                            }
+                        }
                     }
                 }
                 Output::Exit(_) => self.exited = true,
                 Output::Wait(_) => return,
                 Output::CloseUpstreamInput | Output::SignalUpstream(_) => {}
             }
+        }
+    }
+
+    /// Invariant 5, for a request on its way to the upstream. Only client
+    /// requests are forwarded there with an id and a method.
+    fn check_audited_before_forwarded(&mut self, id: &Value, line: &[u8]) {
+        let key = match id {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match self.audited_requests.get_mut(&key) {
+            Some(count) if *count > 0 => *count -= 1,
+            _ => panic!(
+                "a request reached the upstream before its audit record: {}",
+                String::from_utf8_lossy(line)
+            ),
         }
     }
 

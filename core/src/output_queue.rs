@@ -1,0 +1,189 @@
+//! The gateway's queue of outputs, which folds the audit records of one
+//! input into one write per sink.
+//!
+//! A chunk read from a busy peer holds many messages, and each message has
+//! an audit record. Handing the runtime one write per record would cost one
+//! system call per message, more than the core's own work on a small
+//! message. So a record is appended to the latest queued write for its sink
+//! (unless it must go to a fresh file after a rotation), which moves it
+//! ahead of the outputs queued since then. Records only ever move earlier,
+//! so each is still written before the message it describes is passed on,
+//! and a sink's records stay in their order. If that combined write fails,
+//! everything queued after it is judged as if its own record had failed:
+//! the gateway fails closed for the whole batch.
+
+use crate::audit::AuditWrite;
+use crate::gateway::Output;
+use std::collections::VecDeque;
+
+/// An output waiting to be polled, with what replaces it (`F`, the
+/// gateway's fallback) if the audit log fails before it is carried out.
+#[derive(Debug)]
+pub(crate) struct Queued<F> {
+    pub(crate) output: Output,
+    pub(crate) fallback: Option<F>,
+}
+
+#[derive(Debug)]
+pub(crate) struct OutputQueue<F> {
+    entries: VecDeque<Queued<F>>,
+    /// Entries ever popped or taken: with it, a position counted from the
+    /// start of the gateway's life finds an entry in `entries`.
+    removed: u64,
+    /// Per sink, the position of its latest queued write, which later
+    /// records of that sink are appended to. Looked up, not searched for:
+    /// an input of thousands of tiny lines must not cost quadratic time.
+    open_writes: Vec<Option<u64>>,
+}
+
+impl<F> OutputQueue<F> {
+    pub(crate) fn new(sinks: usize) -> Self {
+        OutputQueue {
+            entries: VecDeque::new(),
+            removed: 0,
+            open_writes: vec![None; sinks],
+        }
+    }
+
+    /// Queues `output`; an audit write is folded into the latest queued
+    /// write of its sink when it can be.
+    pub(crate) fn push(&mut self, output: Output, fallback: Option<F>) {
+        if let Output::Audit(write) = output {
+            self.push_audit(write);
+            return;
+        }
+        self.entries.push_back(Queued { output, fallback });
+    }
+
+    fn push_audit(&mut self, write: AuditWrite) {
+        let sink = write.sink.0;
+        if sink >= self.open_writes.len() {
+            self.open_writes.resize(sink + 1, None);
+        }
+        if !write.rotate_first {
+            if let Some(earlier) = self.open_write(sink) {
+                earlier.bytes.extend_from_slice(&write.bytes);
+                return;
+            }
+        }
+        self.open_writes[sink] = Some(self.removed + self.entries.len() as u64);
+        self.entries.push_back(Queued {
+            output: Output::Audit(write),
+            fallback: None,
+        });
+    }
+
+    /// The queued write of `sink` that new records may still join.
+    fn open_write(&mut self, sink: usize) -> Option<&mut AuditWrite> {
+        let position = self.open_writes[sink]?;
+        let index = usize::try_from(position.checked_sub(self.removed)?).ok()?;
+        match self.entries.get_mut(index) {
+            Some(Queued {
+                output: Output::Audit(write),
+                ..
+            }) if write.sink.0 == sink => Some(write),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Queued<F>> {
+        let entry = self.entries.pop_front()?;
+        self.removed += 1;
+        Some(entry)
+    }
+
+    /// Takes every queued entry out, to be judged again and pushed back.
+    pub(crate) fn take_all(&mut self) -> VecDeque<Queued<F>> {
+        self.removed += self.entries.len() as u64;
+        self.open_writes.fill(None);
+        std::mem::take(&mut self.entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditSinkId;
+
+    fn write(sink: usize, rotate_first: bool, bytes: &str) -> Output {
+        Output::Audit(AuditWrite {
+            sink: AuditSinkId(sink),
+            rotate_first,
+            bytes: bytes.as_bytes().to_vec(),
+        })
+    }
+
+    fn drain(queue: &mut OutputQueue<()>) -> Vec<Output> {
+        std::iter::from_fn(|| queue.pop().map(|q| q.output)).collect()
+    }
+
+    #[test]
+    fn records_of_one_input_become_one_write_per_sink_ahead_of_the_messages() {
+        let mut queue = OutputQueue::<()>::new(2);
+        queue.push(write(0, false, "a1\n"), None);
+        queue.push(write(1, false, "b1\n"), None);
+        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Some(()));
+        queue.push(write(0, false, "a2\n"), None);
+        queue.push(write(1, false, "b2\n"), None);
+        queue.push(Output::ToUpstream(b"m2\n".to_vec()), Some(()));
+        assert_eq!(
+            drain(&mut queue),
+            vec![
+                write(0, false, "a1\na2\n"),
+                write(1, false, "b1\nb2\n"),
+                Output::ToUpstream(b"m1\n".to_vec()),
+                Output::ToUpstream(b"m2\n".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rotation_starts_a_new_write_that_later_records_join() {
+        let mut queue = OutputQueue::<()>::new(1);
+        queue.push(write(0, false, "a1\n"), None);
+        queue.push(Output::ToClient(b"m1\n".to_vec()), None);
+        queue.push(write(0, true, "a2\n"), None);
+        queue.push(write(0, false, "a3\n"), None);
+        assert_eq!(
+            drain(&mut queue),
+            vec![
+                write(0, false, "a1\n"),
+                Output::ToClient(b"m1\n".to_vec()),
+                write(0, true, "a2\na3\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_write_already_polled_is_not_extended() {
+        let mut queue = OutputQueue::<()>::new(1);
+        queue.push(write(0, false, "a1\n"), None);
+        assert_eq!(drain(&mut queue), vec![write(0, false, "a1\n")]);
+        queue.push(write(0, false, "a2\n"), None);
+        queue.push(Output::Exit(0), None);
+        assert_eq!(
+            drain(&mut queue),
+            vec![write(0, false, "a2\n"), Output::Exit(0)]
+        );
+    }
+
+    #[test]
+    fn entries_taken_out_and_pushed_back_can_be_joined_again() {
+        let mut queue = OutputQueue::<()>::new(1);
+        queue.push(Output::ToClient(b"m0\n".to_vec()), None);
+        queue.push(write(0, false, "a1\n"), None);
+        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Some(()));
+        let _ = queue.pop();
+        for entry in queue.take_all() {
+            queue.push(entry.output, entry.fallback);
+        }
+        queue.push(write(0, false, "a2\n"), None);
+        assert_eq!(
+            drain(&mut queue),
+            vec![
+                write(0, false, "a1\na2\n"),
+                Output::ToUpstream(b"m1\n".to_vec()),
+            ]
+        );
+    }
+}
