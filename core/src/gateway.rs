@@ -406,7 +406,7 @@ impl Gateway {
     // ----- client side -----
 
     fn on_client_frame(&mut self, frame: Frame<'_>, now: Timestamp) {
-        let line: &[u8] = match frame {
+        let line = match frame {
             Frame::Line(line) => line,
             Frame::Overlong { prefix, total_len } => {
                 let (id, shape) = jsonrpc::sniff(prefix);
@@ -425,18 +425,30 @@ impl Gateway {
                 return;
             }
         };
-        log::debug!(target: "gatekit.proxy.server", "client → gateway: {}", String::from_utf8_lossy(line));
-        match parse_message(line) {
-            Err(rejection) => self.reject_client_line(rejection, now),
-            Ok(Message::Request { id, method, params }) => {
-                self.on_client_request(line, id, method, params, now)
+        // The handlers read the line (their audit records may borrow from
+        // it); once they are done, it is passed on without being copied
+        // where the framer allows.
+        let pass = {
+            let bytes = line.bytes();
+            log::debug!(target: "gatekit.proxy.server", "client → gateway: {}", String::from_utf8_lossy(bytes));
+            match parse_message(bytes) {
+                Err(rejection) => {
+                    self.reject_client_line(rejection, now);
+                    None
+                }
+                Ok(Message::Request { id, method, params }) => {
+                    self.on_client_request(id, method, params, now)
+                }
+                Ok(Message::Notification { method, params }) => {
+                    self.on_client_notification(method, params, now)
+                }
+                Ok(Message::Response { id, outcome, .. }) => {
+                    self.on_client_response(id, outcome, now)
+                }
             }
-            Ok(Message::Notification { method, params }) => {
-                self.on_client_notification(line, method, params, now)
-            }
-            Ok(Message::Response { id, outcome, .. }) => {
-                self.on_client_response(line, id, outcome, now)
-            }
+        };
+        if let Some(fallback) = pass {
+            self.forward(Output::ToUpstream(line.into_forwarded()), fallback);
         }
     }
 
@@ -480,14 +492,15 @@ impl Gateway {
         }
     }
 
+    /// Judges and audits a client request; returns the fallback to pass it
+    /// on with, if it passes.
     fn on_client_request(
         &mut self,
-        line: &[u8],
         id: RequestId,
         method: String,
         params: Option<&RawValue>,
         now: Timestamp,
-    ) {
+    ) -> Option<Fallback> {
         // The peers introduce themselves in the handshake (`initialize`
         // up to 2025-11-25, `server/discover` with `_meta` since 2026-07-28).
         if method == "initialize" || method == "server/discover" {
@@ -526,7 +539,7 @@ impl Gateway {
                 // came with it is answered too.
                 self.exit_after_input = true;
             }
-            return;
+            return None;
         }
         if self.client_requests.len() >= self.limits.max_in_flight_requests {
             self.evict_cancelled_client_request();
@@ -551,7 +564,7 @@ impl Gateway {
                 &reason,
                 None,
             )));
-            return;
+            return None;
         }
         if self.client_requests.len() >= self.limits.max_in_flight_requests {
             let reason = format!(
@@ -562,7 +575,7 @@ impl Gateway {
             record.reason = Some(reason.clone());
             self.audit(record);
             self.reply_error(&id, &method, None, jsonrpc::LIMIT_EXCEEDED, &reason, now);
-            return;
+            return None;
         }
         if let Some(tool) = &tool {
             if !self.policies.is_empty() {
@@ -602,7 +615,7 @@ impl Gateway {
                             &block_message,
                             now,
                         );
-                        return;
+                        return None;
                     }
                 }
             }
@@ -623,19 +636,17 @@ impl Gateway {
             self.request_deadlines.insert((deadline, id.clone()));
         }
         self.client_requests.insert(id.clone(), pending);
-        self.forward(
-            Output::ToUpstream(with_newline(line)),
-            Fallback::ClientRequest(id),
-        );
+        Some(Fallback::ClientRequest(id))
     }
 
+    /// Audits a client notification (judging a `tools/call` sent as one);
+    /// returns the fallback to pass it on with, if it passes.
     fn on_client_notification(
         &mut self,
-        line: &[u8],
         method: String,
         params: Option<&RawValue>,
         now: Timestamp,
-    ) {
+    ) -> Option<Fallback> {
         let mut record = self.record(now, EventType::Notification, Source::Client);
         if method == "tools/call" && !self.policies.is_empty() {
             // Not a valid MCP message, but a server might still run it: judge
@@ -661,12 +672,12 @@ impl Gateway {
                 block.plugin_metadata = Some(metadata);
                 block.security_checks = checks;
                 self.audit(block);
-                return;
+                return None;
             }
             record.tool = tool.ok();
         }
         if self.unavailable_reason().is_some() {
-            return;
+            return None;
         }
         if method == "notifications/cancelled" {
             if let Some(id) = cancelled_request_id(params) {
@@ -678,27 +689,32 @@ impl Gateway {
         }
         record.method = Some(method);
         self.audit(record);
-        self.forward(Output::ToUpstream(with_newline(line)), Fallback::Drop);
+        Some(Fallback::Drop)
     }
 
-    fn on_client_response(&mut self, line: &[u8], id: RequestId, outcome: Outcome, now: Timestamp) {
+    /// Audits the client's answer to a server request; returns the fallback
+    /// to pass it on with, if it passes.
+    fn on_client_response(
+        &mut self,
+        id: RequestId,
+        outcome: Outcome,
+        now: Timestamp,
+    ) -> Option<Fallback> {
         let Some(pending) = self.server_requests.remove(&id) else {
             self.stats.client_invalid_lines += 1;
             let reason = format!("response to unknown request id {id}; dropped");
             self.protocol_error(Source::Client, Some(&id), None, &reason, now);
-            return;
+            return None;
         };
         let record = self.response_record(now, Source::Client, &id, &pending, &outcome);
         self.audit(record);
-        if self.unavailable_reason().is_none() {
-            self.forward(
-                Output::ToUpstream(with_newline(line)),
-                Fallback::ClientResponse {
-                    id,
-                    method: pending.method,
-                },
-            );
+        if self.unavailable_reason().is_some() {
+            return None;
         }
+        Some(Fallback::ClientResponse {
+            id,
+            method: pending.method,
+        })
     }
 
     fn on_client_eof(&mut self, now: Timestamp) {
@@ -731,7 +747,7 @@ impl Gateway {
     // ----- upstream side -----
 
     fn on_upstream_frame(&mut self, frame: Frame<'_>, now: Timestamp) {
-        let line: &[u8] = match frame {
+        let line = match frame {
             Frame::Line(line) => line,
             Frame::Overlong { prefix, total_len } => {
                 self.stats.upstream_invalid_lines += 1;
@@ -750,64 +766,89 @@ impl Gateway {
                 return;
             }
         };
-        log::debug!(target: "gatekit.proxy.server", "upstream → gateway: {}", String::from_utf8_lossy(line));
-        match parse_message(line) {
-            Err(rejection) => {
-                self.stats.upstream_invalid_lines += 1;
-                log::warn!(
-                    target: "gatekit.proxy.server",
-                    "ignoring invalid line from the upstream server ({}): {}",
-                    rejection.reason,
-                    truncate_for_log(line)
-                );
-                self.protocol_error(
-                    Source::Server,
-                    rejection.id.as_ref(),
-                    rejection.method,
-                    &rejection.reason,
-                    now,
-                );
-                if let (Some(id), Shape::Response) = (rejection.id, rejection.shape) {
-                    let reason = format!(
-                        "the upstream server sent an invalid response: {}",
-                        rejection.reason
-                    );
-                    self.fail_client_request(&id, jsonrpc::UPSTREAM_INVALID_RESPONSE, &reason, now);
+        // As on the client side: handlers read the line, then it is passed
+        // on (or what replaces it).
+        let pass = {
+            let bytes = line.bytes();
+            log::debug!(target: "gatekit.proxy.server", "upstream → gateway: {}", String::from_utf8_lossy(bytes));
+            match parse_message(bytes) {
+                Err(rejection) => {
+                    self.reject_upstream_line(rejection, bytes, now);
+                    None
                 }
-            }
-            Ok(Message::Request { id, method, params }) => {
-                self.on_server_request(line, id, method, params, now)
-            }
-            Ok(Message::Notification { method, params }) => {
-                let mut record = self.record(now, EventType::Notification, Source::Server);
-                if method == "notifications/cancelled" {
-                    if let Some(id) = cancelled_request_id(params) {
-                        if let Some(pending) = self.server_requests.get_mut(&id) {
-                            pending.cancelled = true;
-                        }
-                        record.request_id = Some(id.to_string());
-                    }
+                Ok(Message::Request { id, method, params }) => self
+                    .on_server_request(id, method, params, now)
+                    .map(|fallback| (fallback, None)),
+                Ok(Message::Notification { method, params }) => {
+                    self.on_server_notification(method, params, now);
+                    Some((Fallback::Drop, None))
                 }
-                record.method = Some(method);
-                self.audit(record);
-                self.forward(Output::ToClient(with_newline(line)), Fallback::Drop);
+                Ok(Message::Response {
+                    id,
+                    outcome,
+                    result,
+                }) => self.on_server_response(bytes, id, result, outcome, now),
             }
-            Ok(Message::Response {
-                id,
-                outcome,
-                result,
-            }) => self.on_server_response(line, id, result, outcome, now),
+        };
+        if let Some((fallback, replacement)) = pass {
+            let forwarded = replacement.unwrap_or_else(|| line.into_forwarded());
+            self.forward(Output::ToClient(forwarded), fallback);
         }
     }
 
-    fn on_server_request(
+    fn reject_upstream_line(&mut self, rejection: Rejection, line: &[u8], now: Timestamp) {
+        self.stats.upstream_invalid_lines += 1;
+        log::warn!(
+            target: "gatekit.proxy.server",
+            "ignoring invalid line from the upstream server ({}): {}",
+            rejection.reason,
+            truncate_for_log(line)
+        );
+        self.protocol_error(
+            Source::Server,
+            rejection.id.as_ref(),
+            rejection.method,
+            &rejection.reason,
+            now,
+        );
+        if let (Some(id), Shape::Response) = (rejection.id, rejection.shape) {
+            let reason = format!(
+                "the upstream server sent an invalid response: {}",
+                rejection.reason
+            );
+            self.fail_client_request(&id, jsonrpc::UPSTREAM_INVALID_RESPONSE, &reason, now);
+        }
+    }
+
+    /// Audits a server notification, which is then passed on.
+    fn on_server_notification(
         &mut self,
-        line: &[u8],
-        id: RequestId,
         method: String,
         params: Option<&RawValue>,
         now: Timestamp,
     ) {
+        let mut record = self.record(now, EventType::Notification, Source::Server);
+        if method == "notifications/cancelled" {
+            if let Some(id) = cancelled_request_id(params) {
+                if let Some(pending) = self.server_requests.get_mut(&id) {
+                    pending.cancelled = true;
+                }
+                record.request_id = Some(id.to_string());
+            }
+        }
+        record.method = Some(method);
+        self.audit(record);
+    }
+
+    /// Audits a server request; returns the fallback to pass it on with,
+    /// if it passes.
+    fn on_server_request(
+        &mut self,
+        id: RequestId,
+        method: String,
+        params: Option<&RawValue>,
+        now: Timestamp,
+    ) -> Option<Fallback> {
         if self.server_requests.get(&id).is_some_and(|p| p.cancelled)
             || self.server_requests.len() >= self.limits.max_in_flight_requests
         {
@@ -839,7 +880,7 @@ impl Gateway {
             self.stats.upstream_invalid_lines += 1;
             log::warn!(target: "gatekit.proxy.server", "dropped a request from the upstream server: {reason}");
             self.protocol_error(Source::Server, Some(&id), Some(method), &reason, now);
-            return;
+            return None;
         }
         let mut record = self.record(now, EventType::Request, Source::Server);
         record.method = Some(method.clone());
@@ -861,7 +902,7 @@ impl Gateway {
                     None,
                 )));
             }
-            return;
+            return None;
         }
         self.server_requests.insert(
             id.clone(),
@@ -872,12 +913,12 @@ impl Gateway {
                 cancelled: false,
             },
         );
-        self.forward(
-            Output::ToClient(with_newline(line)),
-            Fallback::ServerRequest(id),
-        );
+        Some(Fallback::ServerRequest(id))
     }
 
+    /// Audits a server response (filtering a `tools/list`); returns the
+    /// fallback to pass it on with and, if it was changed, what to pass on
+    /// instead of the line.
     fn on_server_response(
         &mut self,
         line: &[u8],
@@ -885,7 +926,7 @@ impl Gateway {
         result: Option<&RawValue>,
         outcome: Outcome,
         now: Timestamp,
-    ) {
+    ) -> Option<(Fallback, Option<Vec<u8>>)> {
         let Some(pending) = self.take_client_request(&id) else {
             if let Some(why) = self.ended_unanswered.take(&id) {
                 let mut record = self.record(now, EventType::Response, Source::Server);
@@ -893,13 +934,13 @@ impl Gateway {
                 record.status = Some("dropped");
                 record.reason = Some(format!("the answer came after the request {why}; dropped"));
                 self.audit(record);
-                return;
+                return None;
             }
             self.stats.upstream_invalid_lines += 1;
             let reason = format!("response to unknown request id {id}; dropped");
             log::warn!(target: "gatekit.proxy.server", "upstream sent a {reason}");
             self.protocol_error(Source::Server, Some(&id), None, &reason, now);
-            return;
+            return None;
         };
         if pending.method == "initialize" || pending.method == "server/discover" {
             if let Some(name) = result.and_then(|r| peer_name(r, "serverInfo")) {
@@ -935,15 +976,12 @@ impl Gateway {
         self.audit(record);
         // Also after client EOF: a client that closed its input may still
         // read the answers to what it asked.
-        let bytes = forwarded.unwrap_or_else(|| with_newline(line));
-        self.forward(
-            Output::ToClient(bytes),
-            Fallback::ServerResponse {
-                id,
-                method: pending.method,
-                tool: pending.tool,
-            },
-        );
+        let fallback = Fallback::ServerResponse {
+            id,
+            method: pending.method,
+            tool: pending.tool,
+        };
+        Some((fallback, forwarded))
     }
 
     fn on_upstream_failed_to_start(&mut self, reason: &str, now: Timestamp) {
@@ -1544,13 +1582,6 @@ fn request_params(method: &str, params: Option<&RawValue>) -> Option<String> {
             .map(|a| a.get().to_owned());
     }
     Some(params.get().to_owned())
-}
-
-fn with_newline(line: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(line.len() + 1);
-    out.extend_from_slice(line);
-    out.push(b'\n');
-    out
 }
 
 fn truncate_for_log(line: &[u8]) -> String {

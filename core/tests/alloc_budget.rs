@@ -35,6 +35,14 @@ thread_local! {
     static COUNTING: Cell<bool> = const { Cell::new(false) };
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
     static BYTES: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed since counting started (freeing
+    /// what was allocated before makes it go below zero).
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+    /// The highest `LIVE` seen.
+    static PEAK: Cell<i64> = const { Cell::new(0) };
+    /// Bytes a `realloc` may have had to move (the smaller of the old and
+    /// new size): growing a buffer copies what it already held.
+    static MOVED: Cell<u64> = const { Cell::new(0) };
 }
 
 fn note(bytes: usize) {
@@ -47,23 +55,45 @@ fn note(bytes: usize) {
     });
 }
 
+/// Follows the live bytes: `grown` more are held (fewer if negative), and
+/// a resize moved `moved` bytes.
+fn note_live(grown: i64, moved: usize) {
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let live = LIVE.with(|l| {
+                l.set(l.get() + grown);
+                l.get()
+            });
+            PEAK.with(|p| p.set(p.get().max(live)));
+            MOVED.with(|m| m.set(m.get() + moved as u64));
+        }
+    });
+}
+
 // SAFETY: every call is forwarded unchanged to the system allocator; the
 // counting only touches const-initialised thread-locals, which never
 // allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        note_live(layout.size() as i64, 0);
         System.alloc(layout)
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note(layout.size());
+        note_live(layout.size() as i64, 0);
         System.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note(new_size);
+        note_live(
+            new_size as i64 - layout.size() as i64,
+            new_size.min(layout.size()),
+        );
         System.realloc(ptr, layout, new_size)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note_live(-(layout.size() as i64), 0);
         System.dealloc(ptr, layout)
     }
 }
@@ -73,12 +103,40 @@ static GLOBAL: Counting = Counting;
 
 /// Allocations and bytes counted while `f` ran on this thread.
 fn counted(f: impl FnOnce()) -> (u64, u64) {
+    let memory = memory_of(f);
+    (memory.allocations, memory.allocated)
+}
+
+/// What `f` asked of the allocator on this thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Memory {
+    allocations: u64,
+    /// Bytes allocated (a `realloc` counts its whole new size).
+    allocated: u64,
+    /// The most bytes held at once above what was held when `f` started.
+    peak_live: u64,
+    /// Bytes that growing buffers may have had to move.
+    moved: u64,
+    /// Bytes still held when `f` returned, above what was held before.
+    retained: i64,
+}
+
+fn memory_of(f: impl FnOnce()) -> Memory {
     ALLOCATIONS.with(|n| n.set(0));
     BYTES.with(|b| b.set(0));
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    MOVED.with(|m| m.set(0));
     COUNTING.with(|on| on.set(true));
     f();
     COUNTING.with(|on| on.set(false));
-    (ALLOCATIONS.with(Cell::get), BYTES.with(Cell::get))
+    Memory {
+        allocations: ALLOCATIONS.with(Cell::get),
+        allocated: BYTES.with(Cell::get),
+        peak_live: PEAK.with(Cell::get) as u64,
+        moved: MOVED.with(Cell::get),
+        retained: LIVE.with(Cell::get),
+    }
 }
 
 /// The tutorial's policy: a json audit log and a tool allowlist.
@@ -353,4 +411,35 @@ fn the_count_is_deterministic() {
             "{name} differs between two identical replays"
         );
     }
+}
+
+/// A 10 MiB echo, read in 64 KiB chunks as the std runtime reads them,
+/// must not make the gateway hold many copies of it at once, nor keep
+/// buffers of its size once it has passed.
+#[test]
+fn a_large_message_is_held_few_times() {
+    const LARGE: usize = 10 * 1024 * 1024;
+    let big = text(LARGE);
+    let (call, answer) = (echo_call(1, &big), echo_answer(1, &big));
+    drop(big);
+    let mut session = Session::new();
+    let round_trip = memory_of(|| {
+        for chunk in call.chunks(64 * 1024) {
+            session.feed(Input::ClientBytes(chunk));
+        }
+        for chunk in answer.chunks(64 * 1024) {
+            session.feed(Input::UpstreamBytes(chunk));
+        }
+    });
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "10 MiB echo round trip: peak {:.1} MiB live, {:.1} MiB allocated, {:.1} MiB moved by growing buffers, {} allocations, {:.1} MiB still held after",
+        mib(round_trip.peak_live),
+        mib(round_trip.allocated),
+        mib(round_trip.moved),
+        round_trip.allocations,
+        round_trip.retained as f64 / (1024.0 * 1024.0),
+    );
+    assert!(session.written > 2 * LARGE, "the echo went through");
+    session.finish();
 }
