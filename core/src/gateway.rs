@@ -1260,7 +1260,7 @@ impl Gateway {
         id: &RequestId,
         pending: &Pending,
         outcome: &Outcome,
-    ) -> AuditRecord {
+    ) -> AuditRecord<'static> {
         let mut record = self.record(now, EventType::Response, source);
         record.method = Some(pending.method.clone());
         record.tool = pending.tool.clone();
@@ -1293,7 +1293,7 @@ impl Gateway {
         self.audit(record);
     }
 
-    fn record(&self, now: Timestamp, event: EventType, source: Source) -> AuditRecord {
+    fn record(&self, now: Timestamp, event: EventType, source: Source) -> AuditRecord<'static> {
         let mut record = AuditRecord::new(now, event, source);
         record.server_name = self.server_name.clone();
         record.source_name = match source {
@@ -1525,8 +1525,9 @@ fn first_cancelled(table: &BTreeMap<RequestId, Pending>) -> Option<RequestId> {
 }
 
 /// A `tools/call`'s tool name (or why it cannot be read) and its
-/// `arguments` as raw JSON text, from one parse of `params`.
-fn tool_call_params(params: Option<&RawValue>) -> (Result<String, String>, Option<String>) {
+/// `arguments` as raw JSON text, from one parse of `params`. The arguments
+/// are borrowed, not copied: they can be most of a large message.
+fn tool_call_params(params: Option<&RawValue>) -> (Result<String, String>, Option<&str>) {
     let Some(params) = params else {
         return (Err("no params".to_owned()), None);
     };
@@ -1537,7 +1538,7 @@ fn tool_call_params(params: Option<&RawValue>) -> (Result<String, String>, Optio
         Ok(parsed) => parsed,
         Err(e) => return (Err(format!("params unreadable: {e}")), None),
     };
-    let arguments = parsed.arguments.map(|a| a.get().to_owned());
+    let arguments = parsed.arguments.map(RawValue::get);
     let tool = match parsed.name {
         None => Err("params.name is missing".to_owned()),
         Some(name) => {
@@ -1572,16 +1573,17 @@ fn peer_name(object: &RawValue, field: &str) -> Option<String> {
 }
 
 /// The parameters recorded for a request: a tool's `arguments` for
-/// `tools/call`, otherwise the whole `params`.
-fn request_params(method: &str, params: Option<&RawValue>) -> Option<String> {
+/// `tools/call`, otherwise the whole `params` (borrowed, like
+/// [`tool_call_params`]).
+fn request_params<'a>(method: &str, params: Option<&'a RawValue>) -> Option<&'a str> {
     let params = params?;
     if method == "tools/call" {
         return serde_json::from_str::<CallParams<'_>>(params.get())
             .ok()
             .and_then(|p| p.arguments)
-            .map(|a| a.get().to_owned());
+            .map(RawValue::get);
     }
-    Some(params.get().to_owned())
+    Some(params.get())
 }
 
 fn truncate_for_log(line: &[u8]) -> String {

@@ -38,7 +38,7 @@ pub(super) fn header(config: &CsvConfig, out: &mut Vec<u8>) {
 }
 
 /// Appends `record` as one row.
-pub(super) fn format(record: &AuditRecord, config: &CsvConfig, out: &mut Vec<u8>) {
+pub(super) fn format(record: &AuditRecord<'_>, config: &CsvConfig, out: &mut Vec<u8>) {
     let timestamp = super::json::timestamp(record);
     let duration = record.duration_ms.map(|ms| ms.to_string());
     let values: [(Option<&str>, bool); 10] = [
@@ -135,13 +135,13 @@ mod tests {
         }
     }
 
-    fn row(record: &AuditRecord, config: &CsvConfig) -> String {
+    fn row(record: &AuditRecord<'_>, config: &CsvConfig) -> String {
         let mut out = Vec::new();
         format(record, config, &mut out);
         String::from_utf8(out).unwrap()
     }
 
-    fn request() -> AuditRecord {
+    fn request() -> AuditRecord<'static> {
         let mut r = AuditRecord::new(
             "2024-06-16T10:30:15Z".parse().unwrap(),
             EventType::Request,

@@ -10,7 +10,7 @@ use super::{AuditRecord, EventType};
 use crate::jsonrpc::write_json_string;
 
 /// Appends `record` as one line.
-pub(super) fn format(record: &AuditRecord, out: &mut Vec<u8>) {
+pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     out.push(b'[');
     out.extend_from_slice(
         record
@@ -60,7 +60,7 @@ pub(super) fn format(record: &AuditRecord, out: &mut Vec<u8>) {
     if let Some(server) = &record.server_name {
         pair(out, "SERVER", server);
     }
-    if let Some(params) = &record.params {
+    if let Some(params) = record.params {
         out.extend_from_slice(b" PARAMS=");
         out.extend_from_slice(params.as_bytes());
     }
@@ -114,7 +114,7 @@ mod tests {
         request.tool = Some("list_directory".into());
         request.status = Some("ALLOWED");
         request.plugin = Some("tool_allowlist".into());
-        request.params = Some(r#"{"path": "/Users/username/claude-sandbox"}"#.into());
+        request.params = Some(r#"{"path": "/Users/username/claude-sandbox"}"#);
         request.security_checks = vec!["tool_allowlist:ALLOWED".into()];
         let mut out = Vec::new();
         format(&request, &mut out);

@@ -7,7 +7,7 @@ use super::AuditRecord;
 use crate::jsonrpc::write_json_string;
 
 /// Appends `record` as one JSON line.
-pub(super) fn format(record: &AuditRecord, out: &mut Vec<u8>) {
+pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     let mut obj = ObjectWriter::new(out);
     obj.key("timestamp");
     write_timestamp(obj.out, record.timestamp);
@@ -31,14 +31,14 @@ pub(super) fn format(record: &AuditRecord, out: &mut Vec<u8>) {
         obj.raw("error_code", code.to_string().as_bytes());
     }
     obj.opt_string("error_message", record.error_message.as_deref());
-    if let Some(params) = &record.params {
+    if let Some(params) = record.params {
         obj.raw("params", params.as_bytes());
     }
     obj.finish();
 }
 
 /// ISO 8601 in UTC with milliseconds and a `Z`, e.g. `2024-06-16T10:30:15.123Z`.
-pub(crate) fn timestamp(record: &AuditRecord) -> String {
+pub(crate) fn timestamp(record: &AuditRecord<'_>) -> String {
     format!("{:.3}", record.timestamp)
 }
 

@@ -8,7 +8,7 @@
 use super::{AuditRecord, EventType};
 
 /// Appends `record` as one line.
-pub(super) fn format(record: &AuditRecord, out: &mut Vec<u8>) {
+pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     let mut parts: Vec<String> = Vec::with_capacity(6);
     match record.event_type {
         EventType::Request => {
@@ -93,13 +93,13 @@ mod tests {
     use super::*;
     use crate::audit::Source;
 
-    fn line(record: &AuditRecord) -> String {
+    fn line(record: &AuditRecord<'_>) -> String {
         let mut out = Vec::new();
         format(record, &mut out);
         String::from_utf8(out).unwrap()
     }
 
-    fn at(event: EventType) -> AuditRecord {
+    fn at(event: EventType) -> AuditRecord<'static> {
         AuditRecord::new(
             "2024-06-16T10:30:15.5Z".parse().unwrap(),
             event,

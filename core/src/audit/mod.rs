@@ -88,8 +88,13 @@ impl Source {
 ///
 /// Optional fields are left out of formats that can omit them, so `jq`
 /// queries such as `select(.tool)` or `select(.duration_ms)` work.
+///
+/// `'a` is the lifetime of the message the record describes: the recorded
+/// params are borrowed from it, since they can be as large as the message
+/// (a 10 MiB tool argument is then copied once, into the audit line, not
+/// twice).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AuditRecord {
+pub struct AuditRecord<'a> {
     /// When the gateway saw the event (the `now` it was given).
     pub timestamp: Timestamp,
     /// What happened.
@@ -119,7 +124,7 @@ pub struct AuditRecord {
     pub server_name: Option<String>,
     /// The request's parameters as the client sent them (raw JSON text;
     /// for `tools/call`, the tool's `arguments`).
-    pub params: Option<String>,
+    pub params: Option<&'a str>,
     /// JSON-RPC error code of an error response.
     pub error_code: Option<i64>,
     /// JSON-RPC error message of an error response.
@@ -128,7 +133,7 @@ pub struct AuditRecord {
     pub security_checks: Vec<String>,
 }
 
-impl AuditRecord {
+impl AuditRecord<'_> {
     /// A record with only the required fields set.
     pub fn new(timestamp: Timestamp, event_type: EventType, source: Source) -> Self {
         AuditRecord {
@@ -196,7 +201,7 @@ impl AuditSink {
         }
     }
 
-    fn wants(&self, record: &AuditRecord) -> bool {
+    fn wants(&self, record: &AuditRecord<'_>) -> bool {
         match self.mode {
             AuditMode::All => true,
             AuditMode::SecurityOnly => {
@@ -234,13 +239,17 @@ impl AuditSink {
     }
 
     /// Formats `record` if this sink's mode wants it.
-    pub(crate) fn write(&mut self, id: AuditSinkId, record: &AuditRecord) -> Option<AuditWrite> {
+    pub(crate) fn write(
+        &mut self,
+        id: AuditSinkId,
+        record: &AuditRecord<'_>,
+    ) -> Option<AuditWrite> {
         if !self.wants(record) {
             return None;
         }
         // Sized for the recorded params, so a large argument is not copied
         // again and again while the line grows.
-        let mut line = Vec::with_capacity(256 + record.params.as_ref().map_or(0, String::len));
+        let mut line = Vec::with_capacity(256 + record.params.map_or(0, str::len));
         match self.format {
             AuditFormat::Json => json::format(record, &mut line),
             AuditFormat::Line => line::format(record, &mut line),
