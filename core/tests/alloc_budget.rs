@@ -10,6 +10,8 @@
 //! can run in the ordinary test command. It fails when the hot path gets
 //! markedly more expensive (30% over the baseline); the wall-clock numbers
 //! live in `gatekit-bench` (see the README's "Performance" section).
+//! A 10 MiB echo has a memory budget too: the most bytes held at once and
+//! what is still held afterwards, in multiples of the message size.
 //!
 //! Re-baselining, after making the hot path cheaper (or, with a reason in
 //! the commit message, more expensive):
@@ -413,6 +415,14 @@ fn the_count_is_deterministic() {
     }
 }
 
+/// Budgets of the 10 MiB echo, in multiples of the message size: the most
+/// bytes held at once (the line being gathered, in a buffer that grows by
+/// doubling, and its audit line, which holds the arguments: measured when
+/// set, 2.6), and what is still held once the round trip is over
+/// (measured when set: nothing).
+const BUDGET_LARGE_PEAK: f64 = 3.0;
+const BUDGET_LARGE_RETAINED: f64 = 0.05;
+
 /// A 10 MiB echo, read in 64 KiB chunks as the std runtime reads them,
 /// must not make the gateway hold many copies of it at once, nor keep
 /// buffers of its size once it has passed.
@@ -440,6 +450,20 @@ fn a_large_message_is_held_few_times() {
         round_trip.allocations,
         round_trip.retained as f64 / (1024.0 * 1024.0),
     );
+    println!(
+        "  ({} bytes peak, {} bytes still held)",
+        round_trip.peak_live, round_trip.retained
+    );
     assert!(session.written > 2 * LARGE, "the echo went through");
     session.finish();
+    let peak = round_trip.peak_live as f64 / LARGE as f64;
+    let retained = round_trip.retained as f64 / LARGE as f64;
+    assert!(
+        peak <= BUDGET_LARGE_PEAK,
+        "a 10 MiB round trip held {peak:.2} × its size at once (budget {BUDGET_LARGE_PEAK})"
+    );
+    assert!(
+        retained <= BUDGET_LARGE_RETAINED,
+        "after a 10 MiB round trip the gateway still holds {retained:.2} × its size (budget {BUDGET_LARGE_RETAINED})"
+    );
 }
