@@ -1503,16 +1503,7 @@ struct CallParams<'a> {
 
 /// Reads the tool name of a `tools/call`, or says why it cannot.
 fn tool_name(params: Option<&RawValue>) -> Result<String, String> {
-    let params = params.ok_or_else(|| "no params".to_owned())?;
-    if !params.get().starts_with('{') {
-        return Err("params is not an object".to_owned());
-    }
-    let parsed: CallParams<'_> =
-        serde_json::from_str(params.get()).map_err(|e| format!("params unreadable: {e}"))?;
-    let name = parsed
-        .name
-        .ok_or_else(|| "params.name is missing".to_owned())?;
-    jsonrpc::json_string(name).ok_or_else(|| "params.name is not a string".to_owned())
+    tool_call_params(params).0
 }
 
 /// The oldest cancelled request of an in-flight table, if any.
@@ -1534,18 +1525,138 @@ fn tool_call_params(params: Option<&RawValue>) -> (Result<String, String>, Optio
     if !params.get().starts_with('{') {
         return (Err("params is not an object".to_owned()), None);
     }
-    let parsed: CallParams<'_> = match serde_json::from_str(params.get()) {
-        Ok(parsed) => parsed,
-        Err(e) => return (Err(format!("params unreadable: {e}")), None),
+    let (name, arguments) = match call_members(params.get()) {
+        Some(members) => members,
+        None => match serde_json::from_str::<CallParams<'_>>(params.get()) {
+            Ok(parsed) => (
+                parsed.name.map(RawValue::get),
+                parsed.arguments.map(RawValue::get),
+            ),
+            Err(e) => return (Err(format!("params unreadable: {e}")), None),
+        },
     };
-    let arguments = parsed.arguments.map(RawValue::get);
-    let tool = match parsed.name {
+    let tool = match name {
         None => Err("params.name is missing".to_owned()),
-        Some(name) => {
-            jsonrpc::json_string(name).ok_or_else(|| "params.name is not a string".to_owned())
-        }
+        Some(name) => string_value(name).ok_or_else(|| "params.name is not a string".to_owned()),
     };
     (tool, arguments)
+}
+
+/// `name` and `arguments` of a `tools/call`'s params object, as the raw text
+/// of their values, from a walk over its members that skips the insides of
+/// strings with `memchr`: a 10 MiB argument is passed over, not parsed.
+/// `params` is valid JSON (the message was checked). `None` when the walk
+/// cannot be sure it reads the object as serde would (a key with an
+/// escape, a repeated member, anything unexpected): the serde parse then
+/// decides, and words any error.
+fn call_members(params: &str) -> Option<(Option<&str>, Option<&str>)> {
+    let b = params.as_bytes();
+    let (mut name, mut arguments) = (None, None);
+    let mut seen = [false; 2];
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return (skip_ws(b, i + 1) == b.len()).then_some((None, None));
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (end, escaped) = string_end(b, i + 1)?;
+        if escaped {
+            return None; // serde compares keys after unescaping them
+        }
+        let key = &b[i + 1..end];
+        i = skip_ws(b, end + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        i = value_end(b, start)?;
+        let value = params.get(start..i)?;
+        let (slot, seen) = match key {
+            b"name" => (&mut name, &mut seen[0]),
+            b"arguments" => (&mut arguments, &mut seen[1]),
+            _ => (&mut None, &mut false),
+        };
+        if std::mem::replace(seen, true) {
+            return None; // repeated: serde's error says so
+        }
+        *slot = (value != "null").then_some(value); // serde reads null as absent
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => break,
+            _ => return None,
+        }
+    }
+    (skip_ws(b, i + 1) == b.len()).then_some((name, arguments))
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// For the string whose contents start at `i` in valid JSON: the index of
+/// its closing quote, and whether it has an escape.
+fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'"' {
+            return Some((i, escaped));
+        }
+        escaped = true;
+        i += 2; // the backslash and the character it escapes
+    }
+}
+
+/// The end of the value starting at `i` in valid JSON.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => Some(string_end(b, i + 1)?.0 + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *b.get(j)? {
+                    b'"' => j = string_end(b, j + 1)?.0,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let len = b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+                .unwrap_or(b.len() - i);
+            (len > 0).then_some(i + len)
+        }
+    }
+}
+
+/// The text of a JSON string value, or `None` if `raw` is not a string.
+fn string_value(raw: &str) -> Option<String> {
+    match raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(plain) if !plain.contains(['\\', '"']) => Some(plain.to_owned()),
+        _ if raw.starts_with('"') => serde_json::from_str(raw).ok(),
+        _ => None,
+    }
 }
 
 /// The `requestId` of a `notifications/cancelled`.
@@ -1578,10 +1689,7 @@ fn peer_name(object: &RawValue, field: &str) -> Option<String> {
 fn request_params<'a>(method: &str, params: Option<&'a RawValue>) -> Option<&'a str> {
     let params = params?;
     if method == "tools/call" {
-        return serde_json::from_str::<CallParams<'_>>(params.get())
-            .ok()
-            .and_then(|p| p.arguments)
-            .map(RawValue::get);
+        return tool_call_params(Some(params)).1;
     }
     Some(params.get())
 }
@@ -1605,4 +1713,84 @@ fn after(now: Timestamp, duration: SignedDuration) -> Timestamp {
 fn millis_between(start: Timestamp, end: Timestamp) -> u64 {
     let ms = end.duration_since(start).as_millis();
     u64::try_from(ms.max(0)).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tool_call_params` as it was before the member walk: serde alone.
+    fn by_serde(params: &RawValue) -> (Result<String, String>, Option<&str>) {
+        if !params.get().starts_with('{') {
+            return (Err("params is not an object".to_owned()), None);
+        }
+        let parsed: CallParams<'_> = match serde_json::from_str(params.get()) {
+            Ok(parsed) => parsed,
+            Err(e) => return (Err(format!("params unreadable: {e}")), None),
+        };
+        let tool = match parsed.name {
+            None => Err("params.name is missing".to_owned()),
+            Some(name) => {
+                jsonrpc::json_string(name).ok_or_else(|| "params.name is not a string".to_owned())
+            }
+        };
+        (tool, parsed.arguments.map(RawValue::get))
+    }
+
+    #[test]
+    fn the_member_walk_reads_params_as_serde_does() {
+        let members = [
+            r#""name":"echo""#,
+            r#""name" : "a\u0062\"c""#,
+            r#""name":null"#,
+            r#""name":17"#,
+            r#""name":{"name":"inner"}"#,
+            r#""n\u0061me":"escaped key""#,
+            r#""Name":"case""#,
+            r#""arguments":{"text":"a\"b\\c}]","n":[1,{"x":"}"}],"e":{}}"#,
+            r#""arguments" :	[ 1 , 2.5e3 , true , null ] "#,
+            r#""arguments":null"#,
+            r#""arguments":"\\""#,
+            r#""arguments":-0.5"#,
+            r#""other":{"name":"not me","arguments":1}"#,
+        ];
+        let mut checked = 0;
+        for a in 0..members.len() {
+            for b in 0..members.len() {
+                for text in [
+                    "{}".to_owned(),
+                    format!("{{{}}}", members[a]),
+                    format!(" {{ {} , {} }} ", members[a], members[b]),
+                    format!("{{{},{},{}}}", members[b], members[a], members[b]),
+                ] {
+                    let Ok(raw) = serde_json::from_str::<&RawValue>(&text) else {
+                        continue;
+                    };
+                    assert_eq!(tool_call_params(Some(raw)), by_serde(raw), "{text}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 400, "{checked}");
+    }
+
+    #[test]
+    fn the_member_walk_never_panics_on_broken_text() {
+        for text in [
+            "{",
+            "{\"",
+            "{\"name\"",
+            "{\"name\":",
+            "{\"name\":\"x",
+            "{\"a\":\"\\",
+            "{\"name\":\"x\",}",
+            "{\"name\" \"x\"}",
+            "{]",
+            "{\"a\":[}",
+            "{\"a\":}}}",
+            "{\"a\":1 2}",
+        ] {
+            let _ = call_members(text);
+        }
+    }
 }
