@@ -247,9 +247,14 @@ impl AuditSink {
         if !self.wants(record) {
             return None;
         }
-        // Sized for the recorded params, so a large argument is not copied
-        // again and again while the line grows.
-        let mut line = Vec::with_capacity(256 + record.params.map_or(0, str::len));
+        // Sized for the recorded params in the formats that write them, so
+        // a large argument is not copied again and again while the line
+        // grows (nor 10 MiB reserved for a line that leaves them out).
+        let params = match self.format {
+            AuditFormat::Json | AuditFormat::Debug => record.params.map_or(0, str::len),
+            AuditFormat::Line | AuditFormat::Csv => 0,
+        };
+        let mut line = Vec::with_capacity(256 + params);
         match self.format {
             AuditFormat::Json => json::format(record, &mut line),
             AuditFormat::Line => line::format(record, &mut line),
@@ -273,5 +278,38 @@ impl AuditSink {
             rotate_first,
             bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_sized_for_params_only_where_they_are_written() {
+        let params = format!("{{\"text\":\"{}\"}}", "p".repeat(100_000));
+        let mut record = AuditRecord::new(
+            "2025-01-01T00:00:00Z".parse().expect("timestamp"),
+            EventType::Request,
+            Source::Client,
+        );
+        record.method = Some("tools/call".to_owned());
+        record.params = Some(&params);
+        for (format, holds_params) in [
+            ("json", true),
+            ("debug", true),
+            ("line", false),
+            ("csv", false),
+        ] {
+            let config: FileAuditingConfig =
+                serde_json::from_value(serde_json::json!({ "format": format }))
+                    .expect("valid config");
+            let mut sink = AuditSink::new(&config);
+            let write = sink.write(AuditSinkId(0), &record).expect("mode all");
+            let bytes = write.bytes;
+            assert_eq!(bytes.len() > params.len(), holds_params, "{format}");
+            // Room for the line, without a second copy of params' size.
+            assert!(bytes.capacity() < bytes.len() + 4096, "{format}");
+        }
     }
 }
