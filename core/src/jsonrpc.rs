@@ -4,6 +4,7 @@
 //! a tree: the gateway forwards the exact bytes it checked, and reads only the
 //! members it needs (`id`, `method`, the tool name) to decide.
 
+use crate::json_scan::EnvelopeSpans;
 use crate::strict_json::{check_strict, JsonProblem};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -185,6 +186,97 @@ struct Envelope<'a> {
     error: Option<&'a RawValue>,
 }
 
+impl<'a> Envelope<'a> {
+    /// The envelope from the spans the validating scan found.
+    fn from_spans(spans: &EnvelopeSpans<'a>) -> Self {
+        Envelope {
+            jsonrpc: spans.jsonrpc.map(borrowed_raw),
+            id: spans.id.map(borrowed_raw),
+            method: spans.method.map(borrowed_raw),
+            params: spans.params.map(borrowed_raw),
+            result: spans.result.map(borrowed_raw),
+            error: spans.error.map(borrowed_raw),
+        }
+    }
+}
+
+/// A `&RawValue` for `json`, one complete JSON value already validated,
+/// without scanning it again (a 10 MiB `params` is not read a second time).
+///
+/// serde_json has no public borrowed constructor, but its `&RawValue`
+/// deserializes from any deserializer that offers the value as a map with
+/// one entry, keyed by the token serde_json's own deserializers use, whose
+/// value is the borrowed text. [`RawText`] is that deserializer. Should a
+/// serde_json release change the token, this falls back to parsing `json`
+/// (correct, only slower), and the test
+/// `borrowed_raw_values_are_not_parsed_again` fails to say so.
+fn borrowed_raw(json: &str) -> &RawValue {
+    match <&RawValue>::deserialize(RawText(json)) {
+        Ok(raw) => raw,
+        Err(_) => serde_json::from_str(json).unwrap_or_else(|_| {
+            // `json` was validated; should it still not parse, a `null`
+            // keeps the member present (never reached).
+            serde_json::from_str("null").expect("null is JSON")
+        }),
+    }
+}
+
+/// serde_json's private name for a raw value in the serde data model.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// A deserializer that hands `&RawValue` its text (see [`borrowed_raw`]).
+struct RawText<'a>(&'a str);
+
+impl<'de> serde::Deserializer<'de> for RawText<'de> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("only a raw value reads this"))
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        if name != RAW_VALUE_TOKEN {
+            return Err(serde::de::Error::custom("only a raw value reads this"));
+        }
+        visitor.visit_map(RawTextMap(Some(self.0)))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct RawTextMap<'a>(Option<&'a str>);
+
+impl<'de> serde::de::MapAccess<'de> for RawTextMap<'de> {
+    type Error = serde::de::value::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        if self.0.is_none() {
+            return Ok(None);
+        }
+        let token = serde::de::value::BorrowedStrDeserializer::new(RAW_VALUE_TOKEN);
+        seed.deserialize(token).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        let text = self.0.take().unwrap_or("null");
+        seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(text))
+    }
+}
+
 /// `Option<&RawValue>` would turn an explicit `null` into `None`; the gateway
 /// must tell `"id": null` apart from a missing id.
 fn raw_including_null<'de, D: serde::Deserializer<'de>>(
@@ -206,14 +298,12 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     let text = std::str::from_utf8(line)
         .map_err(|_| Rejection::parse(JsonProblem::InvalidUtf8.to_string()))?;
     let first = text.trim_start().as_bytes().first().copied();
-    // Fast path for the usual case, a valid object: one serde pass reads the
-    // envelope (and checks the syntax), and a memchr scan checks the keys.
+    // Fast path for the usual case, a valid object with plain keys: one
+    // validating pass checks the syntax and the keys and finds the envelope.
     // Anything unusual takes the full strict check below, unchanged.
     if first == Some(b'{') {
-        if let Ok(env) = serde_json::from_str::<Envelope<'_>>(text) {
-            if crate::strict_json::scan_keys(text) == crate::strict_json::KeyScan::Unique {
-                return classify(env);
-            }
+        if let Some(spans) = crate::json_scan::scan_message(text) {
+            return classify(Envelope::from_spans(&spans));
         }
     }
     if let Err(problem) = check_strict(text) {
@@ -640,6 +730,26 @@ mod tests {
             b"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"bad\"}}\n"
                 .to_vec()
         );
+    }
+
+    #[test]
+    fn borrowed_raw_values_are_not_parsed_again() {
+        // Not JSON: had it been parsed, this would have failed.
+        let raw = <&RawValue>::deserialize(RawText("{not parsed"));
+        assert_eq!(raw.map(RawValue::get).ok(), Some("{not parsed"));
+        assert_eq!(borrowed_raw("[1, 2]").get(), "[1, 2]");
+    }
+
+    #[test]
+    fn the_fast_path_reads_what_the_full_parse_reads() {
+        let line = r#" {"jsonrpc" : "2.0","id":"x","method":"tools/call","params":{"name":"a","arguments":{"t":"\"}"}}} "#;
+        let fast = crate::json_scan::scan_message(line).map(|s| Envelope::from_spans(&s));
+        let full: Envelope<'_> = serde_json::from_str(line).unwrap();
+        let get = |e: &Envelope<'_>| {
+            [e.jsonrpc, e.id, e.method, e.params, e.result, e.error]
+                .map(|r| r.map(RawValue::get).map(str::to_owned))
+        };
+        assert_eq!(get(&fast.unwrap()), get(&full));
     }
 
     #[test]

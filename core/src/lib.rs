@@ -66,6 +66,7 @@ pub mod capture;
 pub mod config;
 mod framing;
 mod gateway;
+mod json_scan;
 pub mod jsonrpc;
 mod output_queue;
 mod policy;

@@ -5,6 +5,10 @@
 //! server reads the other is bypassable, so any message with a repeated key
 //! (at any depth, compared after unescaping) is rejected before anything else
 //! looks at it. The walk allocates only for keys that contain escapes.
+//!
+//! [`check_strict`] is the full check and the reference: the usual message
+//! is accepted by one faster pass in `json_scan`, and every other one comes
+//! here, which says exactly what is wrong with it.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
@@ -54,125 +58,6 @@ pub(crate) fn check_strict(text: &str) -> Result<(), JsonProblem> {
         return Err(problem);
     }
     result.map_err(|e| JsonProblem::Syntax(e.to_string()))
-}
-
-/// What the fast duplicate-key scan found.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum KeyScan {
-    /// No object repeats a key.
-    Unique,
-    /// Something the scan leaves to [`check_strict`]: a repeated key, a key
-    /// with an escape, or deep nesting. The caller runs the full check,
-    /// which reports exactly what it always did.
-    Unsure,
-}
-
-/// Nesting beyond this is left to [`check_strict`] (serde_json stops at 128).
-const SCAN_DEPTH: usize = 100;
-
-/// Looks for repeated keys in `text`, which must already be known to be
-/// valid JSON (serde_json parsed it). Strings are skipped with `memchr`,
-/// so this costs a fraction of a parse; it allocates only for objects
-/// nested deeper than a few levels or with more than 16 keys.
-pub(crate) fn scan_keys(text: &str) -> KeyScan {
-    struct Open<'a> {
-        object: bool,
-        keys_start: usize,
-        set: Option<BTreeSet<&'a str>>,
-    }
-    let bytes = text.as_bytes();
-    let mut stack: Vec<Open<'_>> = Vec::with_capacity(8);
-    let mut keys: Vec<&str> = Vec::with_capacity(32);
-    let mut expect_key = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        let depth = stack.len();
-        match bytes[i] {
-            b'"' => {
-                let start = i + 1;
-                let mut j = start;
-                let mut escaped = false;
-                loop {
-                    let Some(k) = memchr::memchr2(b'"', b'\\', &bytes[j..]) else {
-                        return KeyScan::Unsure; // not valid JSON after all
-                    };
-                    if bytes[j + k] == b'\\' {
-                        escaped = true;
-                        j += k + 2;
-                    } else {
-                        j += k;
-                        break;
-                    }
-                }
-                if expect_key {
-                    if escaped {
-                        return KeyScan::Unsure;
-                    }
-                    let key = &text[start..j];
-                    let Some(open) = stack.last_mut() else {
-                        return KeyScan::Unsure;
-                    };
-                    match &mut open.set {
-                        Some(set) => {
-                            if !set.insert(key) {
-                                return KeyScan::Unsure;
-                            }
-                        }
-                        None => {
-                            if keys[open.keys_start..].contains(&key) {
-                                return KeyScan::Unsure;
-                            }
-                            // The envelope and params/result also refuse
-                            // keys equal but for ASCII case (see
-                            // CASE_CHECK_DEPTH); non-ASCII keys (ſ, K) and
-                            // big objects there go the full way.
-                            if depth <= CASE_CHECK_DEPTH + 1 {
-                                let mine = &keys[open.keys_start..];
-                                if !key.is_ascii()
-                                    || mine.len() >= LINEAR_SCAN_KEYS
-                                    || mine.iter().any(|k| k.eq_ignore_ascii_case(key))
-                                {
-                                    return KeyScan::Unsure;
-                                }
-                            }
-                            keys.push(key);
-                            if keys.len() - open.keys_start > LINEAR_SCAN_KEYS {
-                                open.set = Some(keys.drain(open.keys_start..).collect());
-                            }
-                        }
-                    }
-                    expect_key = false;
-                }
-                i = j + 1;
-            }
-            b'{' | b'[' => {
-                if stack.len() >= SCAN_DEPTH {
-                    return KeyScan::Unsure;
-                }
-                let object = bytes[i] == b'{';
-                stack.push(Open {
-                    object,
-                    keys_start: keys.len(),
-                    set: None,
-                });
-                expect_key = object;
-                i += 1;
-            }
-            b'}' | b']' => {
-                if let Some(open) = stack.pop() {
-                    keys.truncate(open.keys_start);
-                }
-                expect_key = false;
-                i += 1;
-            }
-            b',' => {
-                expect_key = stack.last().is_some_and(|o| o.object);
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    KeyScan::Unique
 }
 
 /// Seed that walks one value; records the first duplicate key it meets.
@@ -481,23 +366,181 @@ mod differential_random {
         }
     }
 
+    /// One random edit that often breaks the syntax.
+    fn mutate(r: &mut Lcg, text: &mut String) {
+        const BITS: [&str; 16] = [
+            "{", "}", "[", "]", ",", ":", "\"", "\\", " ", "1", "-", "e", ".", "n", "\u{1}",
+            "\\u00",
+        ];
+        let mut at = r.next(text.len() as u64 + 1) as usize;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        match r.next(3) {
+            0 => text.insert_str(at, BITS[r.next(BITS.len() as u64) as usize]),
+            1 if at < text.len() => {
+                text.remove(at);
+            }
+            _ => text.truncate(at),
+        }
+    }
+
     #[test]
     fn fast_scan_agrees_with_the_full_check_on_random_json() {
         let mut r = Lcg(42);
         let (mut fast, mut refused) = (0, 0);
-        for _ in 0..200_000 {
+        for round in 0..200_000 {
             let mut text = String::from("{\"jsonrpc\":\"2.0\",\"x\":");
             value(&mut r, 0, &mut text);
             text.push('}');
+            if round % 2 == 1 {
+                mutate(&mut r, &mut text);
+            }
             let strict = check_strict(&text);
             if strict.is_err() {
                 refused += 1;
             }
-            if scan_keys(&text) == KeyScan::Unique {
+            let scanned = crate::json_scan::scan_message(&text);
+            // Exactly what the previous fast path (a serde parse of the
+            // envelope and the key scan below) accepted.
+            assert_eq!(
+                scanned.is_some(),
+                previous_fast_path(&text),
+                "the scan and the previous fast path disagree on {text}"
+            );
+            if scanned.is_some() {
                 fast += 1;
                 assert_eq!(strict, Ok(()), "fast path accepted {text}");
             }
         }
         eprintln!("{fast} fast, {refused} refused by the full check");
+    }
+
+    /// The fast path before `json_scan`: serde_json skipped the value (the
+    /// envelope's members are raw values) and [`scan_keys`] found no key
+    /// to worry about. Kept as the reference the scan must agree with.
+    fn previous_fast_path(text: &str) -> bool {
+        text.trim_start().starts_with('{')
+            && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+            && scan_keys(text) == KeyScan::Unique
+    }
+
+    /// What the fast duplicate-key scan found.
+    #[derive(Debug, PartialEq, Eq)]
+    enum KeyScan {
+        /// No object repeats a key.
+        Unique,
+        /// Something the scan leaves to [`check_strict`]: a repeated key, a key
+        /// with an escape, or deep nesting. The caller runs the full check,
+        /// which reports exactly what it always did.
+        Unsure,
+    }
+
+    /// Nesting beyond this is left to [`check_strict`] (serde_json stops at 128).
+    const SCAN_DEPTH: usize = 100;
+
+    /// Looks for repeated keys in `text`, which must already be known to be
+    /// valid JSON (serde_json parsed it). Strings are skipped with `memchr`,
+    /// so this costs a fraction of a parse; it allocates only for objects
+    /// nested deeper than a few levels or with more than 16 keys.
+    fn scan_keys(text: &str) -> KeyScan {
+        struct Open<'a> {
+            object: bool,
+            keys_start: usize,
+            set: Option<BTreeSet<&'a str>>,
+        }
+        let bytes = text.as_bytes();
+        let mut stack: Vec<Open<'_>> = Vec::with_capacity(8);
+        let mut keys: Vec<&str> = Vec::with_capacity(32);
+        let mut expect_key = false;
+        let mut i = 0;
+        while i < bytes.len() {
+            let depth = stack.len();
+            match bytes[i] {
+                b'"' => {
+                    let start = i + 1;
+                    let mut j = start;
+                    let mut escaped = false;
+                    loop {
+                        let Some(k) = memchr::memchr2(b'"', b'\\', &bytes[j..]) else {
+                            return KeyScan::Unsure; // not valid JSON after all
+                        };
+                        if bytes[j + k] == b'\\' {
+                            escaped = true;
+                            j += k + 2;
+                        } else {
+                            j += k;
+                            break;
+                        }
+                    }
+                    if expect_key {
+                        if escaped {
+                            return KeyScan::Unsure;
+                        }
+                        let key = &text[start..j];
+                        let Some(open) = stack.last_mut() else {
+                            return KeyScan::Unsure;
+                        };
+                        match &mut open.set {
+                            Some(set) => {
+                                if !set.insert(key) {
+                                    return KeyScan::Unsure;
+                                }
+                            }
+                            None => {
+                                if keys[open.keys_start..].contains(&key) {
+                                    return KeyScan::Unsure;
+                                }
+                                // The envelope and params/result also refuse
+                                // keys equal but for ASCII case (see
+                                // CASE_CHECK_DEPTH); non-ASCII keys (ſ, K) and
+                                // big objects there go the full way.
+                                if depth <= CASE_CHECK_DEPTH + 1 {
+                                    let mine = &keys[open.keys_start..];
+                                    if !key.is_ascii()
+                                        || mine.len() >= LINEAR_SCAN_KEYS
+                                        || mine.iter().any(|k| k.eq_ignore_ascii_case(key))
+                                    {
+                                        return KeyScan::Unsure;
+                                    }
+                                }
+                                keys.push(key);
+                                if keys.len() - open.keys_start > LINEAR_SCAN_KEYS {
+                                    open.set = Some(keys.drain(open.keys_start..).collect());
+                                }
+                            }
+                        }
+                        expect_key = false;
+                    }
+                    i = j + 1;
+                }
+                b'{' | b'[' => {
+                    if stack.len() >= SCAN_DEPTH {
+                        return KeyScan::Unsure;
+                    }
+                    let object = bytes[i] == b'{';
+                    stack.push(Open {
+                        object,
+                        keys_start: keys.len(),
+                        set: None,
+                    });
+                    expect_key = object;
+                    i += 1;
+                }
+                b'}' | b']' => {
+                    if let Some(open) = stack.pop() {
+                        keys.truncate(open.keys_start);
+                    }
+                    expect_key = false;
+                    i += 1;
+                }
+                b',' => {
+                    expect_key = stack.last().is_some_and(|o| o.object);
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        KeyScan::Unique
     }
 }

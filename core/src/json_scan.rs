@@ -1,0 +1,539 @@
+//! One validating pass over a message line: JSON syntax, repeated keys and
+//! case-variant keys, and the byte spans of the envelope's members.
+//!
+//! This is the hot path of every message. It decides only the usual case —
+//! a well-formed object whose keys are plain — and answers "unsure" for
+//! anything else; the caller then runs the full serde-based check in
+//! `strict_json`, which produces the exact error. So this scanner must never
+//! accept a line the full path would refuse; refusing one it would accept
+//! only costs time.
+//!
+//! What it accepts is exactly what the gateway's previous fast path (a serde
+//! parse of the envelope plus a key scan) accepted: JSON syntax as serde_json
+//! checks it when it skips a value (`\u` escapes need four hex digits, no
+//! control characters in strings, no lone-surrogate or number-range checks),
+//! no key repeated in any object, and near the envelope (the message and the
+//! objects directly in it) no two keys equal but for ASCII case. Keys with
+//! escapes, non-ASCII keys near the envelope, envelope objects with many
+//! keys and nesting deeper than [`SCAN_DEPTH`] are left to the full check.
+//!
+//! Strings, most of a message's bytes, are skipped sixteen bytes at a time, and
+//! a long string switches to `memchr` for its quotes and backslashes and a
+//! vectorisable minimum for its control bytes, so a 10 MiB argument costs
+//! little more than reading it.
+
+use std::collections::BTreeSet;
+
+/// Nesting beyond this is left to the full check (serde_json stops at 128).
+pub(crate) const SCAN_DEPTH: usize = 100;
+
+/// Objects this deep (1 = the message) also refuse keys that differ only in
+/// ASCII case: the envelope and `params`/`result`, where the gateway reads
+/// the members it decides on. Matches `strict_json::CASE_CHECK_DEPTH + 1`.
+const CASE_CHECK_DEPTH: usize = 2;
+
+/// Objects with more keys than this switch from a linear scan to a set.
+const LINEAR_SCAN_KEYS: usize = 16;
+
+/// The envelope members the gateway reads, as the exact text of each value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EnvelopeSpans<'a> {
+    pub jsonrpc: Option<&'a str>,
+    pub id: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub params: Option<&'a str>,
+    pub result: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+impl<'a> EnvelopeSpans<'a> {
+    fn slot(&mut self, key: &[u8]) -> Option<&mut Option<&'a str>> {
+        Some(match key {
+            b"jsonrpc" => &mut self.jsonrpc,
+            b"id" => &mut self.id,
+            b"method" => &mut self.method,
+            b"params" => &mut self.params,
+            b"result" => &mut self.result,
+            b"error" => &mut self.error,
+            _ => return None,
+        })
+    }
+}
+
+/// Validates `text` as one JSON object with unique keys (see the module
+/// docs) and returns the spans of its envelope members, or `None` when the
+/// full check must decide.
+pub(crate) fn scan_message(text: &str) -> Option<EnvelopeSpans<'_>> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut keys = Keys::new();
+    let mut spans = EnvelopeSpans::default();
+    // `object[d]`: the container at depth d + 1 is an object.
+    let mut object = [false; SCAN_DEPTH];
+    let mut depth = 0usize;
+    let mut in_object = false;
+    // The key of the envelope member whose value is being read, and where
+    // the value started.
+    let mut member: &[u8] = b"";
+    let mut member_start = 0;
+    'value: loop {
+        // A value starts at `i` (after whitespace).
+        i = skip_ws(b, i);
+        if depth == 1 {
+            member_start = i;
+        }
+        match *b.get(i)? {
+            open @ (b'{' | b'[') => {
+                if depth >= SCAN_DEPTH {
+                    return None;
+                }
+                in_object = open == b'{';
+                object[depth] = in_object;
+                depth += 1;
+                i = skip_ws(b, i + 1);
+                let close = if in_object { b'}' } else { b']' };
+                if b.get(i) == Some(&close) {
+                    // Empty: closed at once, and no keys to forget.
+                    depth -= 1;
+                    in_object = depth > 0 && object[depth - 1];
+                    i += 1;
+                } else if in_object {
+                    keys.open(depth);
+                    let key;
+                    (i, key) = keys.key(b, i, depth)?;
+                    if depth == 1 {
+                        member = key;
+                    }
+                    continue 'value;
+                } else {
+                    continue 'value;
+                }
+            }
+            b'"' => i = string_end(b, i + 1)?.0 + 1,
+            b't' => i = literal(b, i, b"true")?,
+            b'f' => i = literal(b, i, b"false")?,
+            b'n' => i = literal(b, i, b"null")?,
+            b'-' | b'0'..=b'9' => i = number_end(b, i)?,
+            _ => return None,
+        }
+        // After a value: record an envelope member, then a comma or the
+        // end of one or more containers.
+        loop {
+            if depth == 1 {
+                if let Some(slot) = spans.slot(member) {
+                    *slot = Some(&text[member_start..i]);
+                }
+            }
+            i = skip_ws(b, i);
+            if depth == 0 {
+                return (i == b.len()).then_some(spans);
+            }
+            match *b.get(i)? {
+                b',' => {
+                    i += 1;
+                    if in_object {
+                        let key;
+                        (i, key) = keys.key(b, skip_ws(b, i), depth)?;
+                        if depth == 1 {
+                            member = key;
+                        }
+                    }
+                    continue 'value;
+                }
+                b'}' if in_object => keys.close(depth),
+                b']' if !in_object => {}
+                _ => return None,
+            }
+            depth -= 1;
+            in_object = depth > 0 && object[depth - 1];
+            i += 1;
+        }
+    }
+}
+
+/// The keys of the open objects, for finding repeats.
+struct Keys<'a> {
+    /// Keys of all open objects, outermost first.
+    keys: Vec<&'a [u8]>,
+    /// `start[d]`: where the keys of the object at depth d + 1 begin.
+    start: [usize; SCAN_DEPTH],
+    /// Objects with many keys, innermost last, with their depth.
+    sets: Vec<(usize, BTreeSet<&'a [u8]>)>,
+    /// The depth of the innermost set (`usize::MAX` for none): checked for
+    /// every key, so kept apart.
+    set_depth: usize,
+}
+
+impl<'a> Keys<'a> {
+    fn new() -> Self {
+        Keys {
+            keys: Vec::with_capacity(32),
+            start: [0; SCAN_DEPTH],
+            sets: Vec::new(),
+            set_depth: usize::MAX,
+        }
+    }
+
+    /// An object opens at `depth` (1 = the message).
+    #[inline]
+    fn open(&mut self, depth: usize) {
+        self.start[depth - 1] = self.keys.len();
+    }
+
+    /// The object at `depth` closes.
+    #[inline]
+    fn close(&mut self, depth: usize) {
+        self.keys.truncate(self.start[depth - 1]);
+        if self.set_depth == depth {
+            self.sets.pop();
+            self.set_depth = self.sets.last().map_or(usize::MAX, |(d, _)| *d);
+        }
+    }
+
+    /// Reads the key at `i` (its opening quote) of the object at `depth`,
+    /// and the colon after it; returns where its value starts, and the key.
+    /// `None` for a key to leave to the full check.
+    #[inline(always)]
+    fn key(&mut self, b: &'a [u8], i: usize, depth: usize) -> Option<(usize, &'a [u8])> {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (end, escaped) = string_end(b, i + 1)?;
+        if escaped {
+            return None;
+        }
+        let key = &b[i + 1..end];
+        if self.set_depth == depth {
+            let (_, set) = self.sets.last_mut()?;
+            if !set.insert(key) {
+                return None;
+            }
+        } else {
+            let first = self.start[depth - 1];
+            let mine = &self.keys[first..];
+            for k in mine {
+                if k.len() == key.len() && *k == key {
+                    return None;
+                }
+            }
+            if depth <= CASE_CHECK_DEPTH
+                && (!key.is_ascii()
+                    || mine.len() >= LINEAR_SCAN_KEYS
+                    || mine.iter().any(|k| k.eq_ignore_ascii_case(key)))
+            {
+                return None;
+            }
+            self.keys.push(key);
+            if self.keys.len() - first > LINEAR_SCAN_KEYS {
+                let set = self.keys.drain(first..).collect();
+                self.sets.push((depth, set));
+                self.set_depth = depth;
+            }
+        }
+        let colon = skip_ws(b, end + 1);
+        (b.get(colon) == Some(&b':')).then_some((colon + 1, key))
+    }
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+#[inline(always)]
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of a literal (`true`, `false`, `null`) expected at `i`.
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    b.get(i..)?.starts_with(word).then_some(i + word.len())
+}
+
+/// The end of the number at `i`, in JSON's grammar (`-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?`).
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match *b.get(i)? {
+        b'0' => {
+            i += 1;
+            if b.get(i).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+        }
+        b'1'..=b'9' => i = digits(i + 1),
+        _ => return None,
+    }
+    if b.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let end = digits(i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    Some(i)
+}
+
+/// Strings longer than this (without a quote or backslash) are scanned in
+/// blocks with `memchr` instead of sixteen bytes at a time.
+const SHORT_STRING: usize = 256;
+
+/// Block size of the long-string scan: small enough to stay in cache for
+/// the second look at its bytes.
+const BLOCK: usize = 16 * 1024;
+
+/// For the string whose contents start at `i` (just after the opening
+/// quote): the index of the closing quote, and whether the string has an
+/// escape. `None` if the string is invalid (a control byte, a bad escape)
+/// or does not end.
+#[inline(always)]
+pub(crate) fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    // Most strings (keys, short values) end within a few words.
+    let mut j = i;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let hits = special_bytes(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        if hits != 0 {
+            let at = j + (hits.trailing_zeros() / 8) as usize;
+            if b[at] == b'"' {
+                return Some((at, false));
+            }
+            break;
+        }
+        j += 8;
+        if j - i >= 32 {
+            break;
+        }
+    }
+    string_end_slow(b, j)
+}
+
+#[inline(never)]
+fn string_end_slow(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        i = next_special(b, i);
+        match *b.get(i)? {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                escaped = true;
+                i = escape_end(b, i + 1)?;
+            }
+            _ => return None, // a control byte
+        }
+    }
+}
+
+/// The end of the escape whose letter is at `i` (just after the backslash).
+fn escape_end(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(i + 1),
+        b'u' => {
+            let hex = b.get(i + 1..i + 5)?;
+            hex.iter().all(u8::is_ascii_hexdigit).then_some(i + 5)
+        }
+        _ => None,
+    }
+}
+
+const ONES: u64 = u64::MAX / 255;
+const HIGHS: u64 = ONES << 7;
+
+/// The high bit of each byte of `w` that is `"`, `\` or below 0x20. The
+/// lowest set bit is exact (a borrow only ever flags bytes above a real hit),
+/// which is all [`next_special`] uses.
+#[inline(always)]
+fn special_bytes(w: u64) -> u64 {
+    // Flipping bit 1 maps `"` (0x22) to 0x20 and keeps control bytes below
+    // 0x20, so one "below 0x21" test finds both.
+    let quote_or_control = w ^ (ONES * 0x02);
+    let quote_or_control = quote_or_control.wrapping_sub(ONES * 0x21) & !quote_or_control;
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (quote_or_control | backslash) & HIGHS
+}
+
+/// The index of the first `"`, `\` or control byte at or after `i`
+/// (`b.len()` if there is none).
+#[inline]
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    let start = i;
+    while let Some(chunk) = b.get(i..i + 16) {
+        // Written so that it compiles to a few vector instructions (compare,
+        // or, move mask) per 16 bytes; the exact byte is found below.
+        let any = chunk.iter().fold(false, |any, &c| {
+            any | (c == b'"') | (c == b'\\') | (c < 0x20)
+        });
+        if any {
+            let (low, high) = chunk.split_at(8);
+            let low = special_bytes(u64::from_le_bytes(low.try_into().expect("8 bytes")));
+            if low != 0 {
+                return i + (low.trailing_zeros() / 8) as usize;
+            }
+            let high = special_bytes(u64::from_le_bytes(high.try_into().expect("8 bytes")));
+            return i + 8 + (high.trailing_zeros() / 8) as usize;
+        }
+        i += 16;
+        if i - start >= SHORT_STRING {
+            return next_special_long(b, i);
+        }
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// [`next_special`] for a long string: `memchr` finds the next quote or
+/// backslash in a block, then one vectorisable pass checks the bytes before
+/// it for control bytes.
+#[cold]
+fn next_special_long(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() {
+        let block = &b[i..b.len().min(i + BLOCK)];
+        let stop = memchr::memchr2(b'"', b'\\', block).unwrap_or(block.len());
+        let before = &block[..stop];
+        if before.iter().fold(u8::MAX, |m, &c| m.min(c)) < 0x20 {
+            // Found before the quote: exactly where, byte by byte.
+            return i + before.iter().position(|&c| c < 0x20).unwrap_or(stop);
+        }
+        if stop < block.len() {
+            return i + stop;
+        }
+        i += block.len();
+    }
+    b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_envelope_members() {
+        let line = r#" {"jsonrpc":"2.0", "id" : 7,"method":"tools/call","params":{"name":"x","a":[1,-2.5e+3,true,false,null]},"other":{}} "#;
+        let spans = scan_message(line).unwrap();
+        assert_eq!(spans.jsonrpc, Some("\"2.0\""));
+        assert_eq!(spans.id, Some("7"));
+        assert_eq!(spans.method, Some("\"tools/call\""));
+        assert_eq!(
+            spans.params,
+            Some(r#"{"name":"x","a":[1,-2.5e+3,true,false,null]}"#)
+        );
+        assert_eq!((spans.result, spans.error), (None, None));
+    }
+
+    #[test]
+    fn leaves_everything_unusual_to_the_full_check() {
+        for line in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":1,"A":2}"#,
+            r#"{"p":{"a":1,"A":2}}"#,
+            r#"{"p":{"q":{"a":1,"b":{"a":1},"a":2}}}"#,
+            r#"{"n\u0061me":1}"#,
+            r#"{"ſ":1}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":-}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":"\x"}"#,
+            r#"{"a":"\u12g4"}"#,
+            "{\"a\":\"\u{1}\"}",
+            r#"{"a":tru}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":[1}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":"#,
+            r#"[1]"#,
+            r#"{"a" 1}"#,
+            r#"{1:1}"#,
+        ] {
+            assert_eq!(scan_message(line), None, "{line}");
+        }
+        let deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(SCAN_DEPTH),
+            "]".repeat(SCAN_DEPTH)
+        );
+        assert_eq!(scan_message(&deep), None);
+        let fine = format!("{{\"a\":{}{}}}", "[".repeat(90), "]".repeat(90));
+        assert!(scan_message(&fine).is_some());
+    }
+
+    #[test]
+    fn finds_repeats_in_large_objects_deep_down() {
+        let mut text = String::from("{\"p\":{\"q\":{");
+        for i in 0..100 {
+            text.push_str(&format!("\"k{i}\":{{\"x\":1}},"));
+        }
+        let unique = format!("{text}\"K42\":0}}}}}}");
+        assert!(scan_message(&unique).is_some());
+        text.push_str("\"k42\":0}}}");
+        assert_eq!(scan_message(&text), None);
+    }
+
+    #[test]
+    fn finds_the_end_of_strings_of_any_length() {
+        for len in [
+            0,
+            1,
+            7,
+            8,
+            9,
+            63,
+            64,
+            65,
+            200,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 9,
+            3 * BLOCK,
+        ] {
+            let body = "x".repeat(len);
+            let text = format!("\"{body}\"");
+            assert_eq!(
+                string_end(text.as_bytes(), 1),
+                Some((len + 1, false)),
+                "{len}"
+            );
+            // A control byte anywhere is refused, however long the string.
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if len == 0 {
+                    continue;
+                }
+                let mut bad = text.clone().into_bytes();
+                bad[1 + at] = b'\n';
+                assert_eq!(string_end(&bad, 1), None, "{len} {at}");
+            }
+            let escaped = format!("\"{body}\\\"{body}\\u00e9\"");
+            assert_eq!(
+                string_end(escaped.as_bytes(), 1),
+                Some((escaped.len() - 1, true))
+            );
+            assert_eq!(string_end(&text.as_bytes()[..text.len() - 1], 1), None);
+        }
+    }
+}
