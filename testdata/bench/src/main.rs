@@ -45,6 +45,8 @@ usage: cargo run --release -p gatekit-bench -- [options]
                       as targets gatekit-<runtime>@LABEL; repeatable
   --core-round-trips N   round trips of the core-only replay (default 10000; --quick 2000)
   --core-large N         1 MiB round trips of the core-only large replay (default 50)
+  --core-tools N         `tools/list` round trips (500 tools) of the core-only replay
+                         (default 200; --quick 50)
                          (both handy under `valgrind --tool=callgrind`)
   --no-build          do not run `cargo build` for gatekit and the bench binaries first
   --keep-scratch      keep the temporary configs, audit logs and stderr logs
@@ -111,6 +113,7 @@ pub struct Plan {
     pub core_bytes: usize,
     pub core_large_round_trips: usize,
     pub core_large_bytes: usize,
+    pub core_tools_round_trips: usize,
 }
 
 const MIB: usize = 1024 * 1024;
@@ -134,6 +137,7 @@ impl Plan {
             core_bytes: 1024,
             core_large_round_trips: 50,
             core_large_bytes: MIB,
+            core_tools_round_trips: 200,
         }
     }
 
@@ -151,6 +155,7 @@ impl Plan {
             core_round_trips: 2000,
             core_large_round_trips: 10,
             core_large_bytes: 256 * 1024,
+            core_tools_round_trips: 50,
             ..Plan::full()
         }
     }
@@ -182,6 +187,7 @@ fn parse_args(root: &Path) -> Result<Options, String> {
     let mut keep_scratch = false;
     let mut core_round_trips = None;
     let mut core_large = None;
+    let mut core_tools = None;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
@@ -234,6 +240,13 @@ fn parse_args(root: &Path) -> Result<Options, String> {
                         .map_err(|e| format!("--core-large: {e}"))?,
                 )
             }
+            "--core-tools" => {
+                core_tools = Some(
+                    value("--core-tools")?
+                        .parse::<usize>()
+                        .map_err(|e| format!("--core-tools: {e}"))?,
+                )
+            }
             "--no-build" => build = false,
             "--keep-scratch" => keep_scratch = true,
             "-h" | "--help" => {
@@ -249,6 +262,9 @@ fn parse_args(root: &Path) -> Result<Options, String> {
     }
     if let Some(n) = core_round_trips {
         plan.core_round_trips = n;
+    }
+    if let Some(n) = core_tools {
+        plan.core_tools_round_trips = n;
     }
     if let Some(n) = core_large {
         plan.core_large_round_trips = n;
@@ -401,6 +417,7 @@ fn run_rounds(
         (
             core_replay::session(plan.core_round_trips, plan.core_bytes),
             core_replay::session(plan.core_large_round_trips, plan.core_large_bytes),
+            core_replay::tools_list_session(plan.core_tools_round_trips),
         )
     });
     for round in 0..plan.rounds {
@@ -418,7 +435,7 @@ fn run_rounds(
             }
             match scenario {
                 Scenario::Core => {
-                    let (small, large) = core_steps.as_ref().expect("built");
+                    let (small, large, tools) = core_steps.as_ref().expect("built");
                     for audit in [true, false] {
                         let name = core_target(audit);
                         let config = core_replay::config(audit);
@@ -427,6 +444,8 @@ fn run_rounds(
                         results.record(Metric::CoreMib, name, r.mib_per_s());
                         let r = core_replay::replay(&config, large);
                         results.record(Metric::CoreLargeMib, name, r.mib_per_s());
+                        let r = core_replay::replay(&config, tools);
+                        results.record(Metric::CoreToolsList, name, r.us_per_round_trip());
                     }
                 }
                 _ => {

@@ -22,6 +22,7 @@ pub enum Metric {
     CoreMessages,
     CoreMib,
     CoreLargeMib,
+    CoreToolsList,
 }
 
 impl Metric {
@@ -38,6 +39,7 @@ impl Metric {
             Metric::CoreMessages => "core_msgs_per_s".into(),
             Metric::CoreMib => "core_mib_per_s".into(),
             Metric::CoreLargeMib => format!("core_{}_mib_per_s", size(plan.core_large_bytes)),
+            Metric::CoreToolsList => "core_tools_list_us".into(),
         }
     }
 
@@ -79,13 +81,19 @@ impl Metric {
                 plan.core_large_round_trips,
                 size(plan.core_large_bytes)
             ),
+            Metric::CoreToolsList => format!(
+                "core only: {} × `tools/list` of 500 tools filtered to 5, per round trip",
+                plan.core_tools_round_trips
+            ),
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self {
             Metric::ColdStart => "ms",
-            Metric::LatencyP50 | Metric::LatencyP99 | Metric::ToolsList => "µs",
+            Metric::LatencyP50 | Metric::LatencyP99 | Metric::ToolsList | Metric::CoreToolsList => {
+                "µs"
+            }
             Metric::Pipelined | Metric::CoreMessages => "msg/s",
             Metric::PipelinedRss | Metric::Large(_, false) => "MiB",
             Metric::Large(_, true) | Metric::CoreMib | Metric::CoreLargeMib => "MiB/s",
