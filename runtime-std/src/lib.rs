@@ -5,27 +5,36 @@
 //! is all the CLI needs:
 //!
 //! ```text
-//!  stdin ──────► client reader ──┐                        ┌─► client writer ───► stdout
-//!                                ├─► mpsc ─► main thread ─┤
-//!  child stdout ► upstream reader┤   Gateway, audit files ├─► upstream writer ─► child stdin
-//!  child exit ──► waiter ────────┘                        └─► kill(-pgid, …)
-//!  child stderr ► stderr copier ─────────────────────────────────────────────► stderr
+//!  stdin ──────► client reader ───┐  (feeds the gateway   ┌─► client writer* ──► stdout
+//!                                 ├─► under one lock,     ┤
+//!  child stdout ► upstream reader ┘   audit files)        └─► upstream writer* ► child stdin
+//!  child exit ──► waiter ─────┐
+//!  signals ─────► sigwait ────┴─► main thread: timers, rare events, exit, kill(-pgid, …)
+//!  child stderr ► stderr copier ───────────────────────────────────────────────► stderr
 //! ```
 //!
-//! The main thread feeds one event to the gateway with the current time,
-//! carries out the outputs in order until [`gatekit_core::Output::Wait`], and blocks on
-//! the channel until the next event or the deadline (an idle gateway uses no
-//! CPU). Audit records are written synchronously, so a record is in its file
-//! before the message it describes is even queued. Writes to the peers go
-//! through queues and writer threads, so a peer that stops reading never
-//! blocks the main thread; instead, once a queue holds more than a bound,
-//! the reader feeding it pauses (see `pipes::QUEUE_BOUND`).
+//! Each reader feeds what it reads to the gateway itself, holding the lock
+//! around it, and carries out the outputs in order until
+//! [`gatekit_core::Output::Wait`]: audit records are written synchronously,
+//! so a record is in its file before the message it describes is even
+//! queued; the messages of one chunk then go to each peer as one write.
+//! (*) A write goes straight to the pipe when that cannot block (nothing
+//! queued, the pipe empty, the bytes fit); otherwise it is queued for the
+//! peer's writer thread, so a peer that stops reading never blocks the
+//! gateway. Once a queue holds more than a bound, the readers feeding it
+//! pause (see `pipes::QUEUE_BOUND`). A message thus crosses no thread
+//! boundary inside the gateway on its way, as with a bare byte relay.
+//!
+//! The main thread runs the gateway's timer, feeds the rare events
+//! (signals, the upstream's exit, a client that stopped reading) and, once
+//! the gateway has exited, drops everything (an idle gateway uses no CPU).
 //!
 //! The [`audit_files`] and [`process`] modules do not depend on threads and
 //! are meant to be shared with other runtimes.
 #![deny(missing_docs)]
-// libc is used for exactly one call, kill(2), in `process`; that is the only
-// place allowed to opt out.
+// libc is used for kill(2) in `process` and for asking a pipe's capacity
+// and fill level in `pipes`; those functions are the only ones allowed to
+// opt out.
 #![deny(unsafe_code)]
 
 pub mod audit_files;
@@ -47,10 +56,11 @@ use jiff::Timestamp;
 use pipes::OutputQueue;
 use process::ProcessGroup;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -61,10 +71,12 @@ pub(crate) const LOG_TARGET: &str = "gatekit.proxy.server";
 /// any more must not keep it alive.
 pub const EXIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Events that may wait for the main thread before the threads sending them
-/// block. The readers' backpressure looks at the output queues, which only
-/// grow once the main thread has handled a chunk; this bound covers the
-/// chunks read but not handled yet: at most 16 × 64 KiB = 1 MiB.
+/// Events that may wait for the driver before the threads sending them
+/// block. Here the readers feed the gateway themselves, so only rare events
+/// wait; a runtime whose readers hand chunks over (runtime-smol) bounds the
+/// chunks read but not handled yet with it: at most 16 × 64 KiB = 1 MiB,
+/// since the readers' backpressure looks at the output queues, which only
+/// grow once a chunk has been handled.
 pub const EVENT_CHANNEL_CAPACITY: usize = 16;
 
 /// What [`run`] needs besides the gateway.
@@ -90,7 +102,17 @@ pub struct RunOptions {
 /// request with the reason and exits with 1.
 pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
     let signals = signals::TerminationSignals::block()?;
-    drive(gateway, options, io::stdin(), io::stdout(), Some(signals))
+    // Replies may be written to stdout straight from the thread that made
+    // them, when it is a pipe (see `pipes::OutputQueue`).
+    let client_pipe = io::stdout().as_fd().try_clone_to_owned().ok();
+    drive(
+        gateway,
+        options,
+        io::stdin(),
+        io::stdout(),
+        Some(signals),
+        client_pipe,
+    )
 }
 
 /// Where the gateway stands after its outputs were carried out.
@@ -101,13 +123,15 @@ enum Step {
 }
 
 /// [`run`] with the client's streams as parameters, so tests can play the
-/// client.
+/// client. `client_pipe` is a duplicate of the descriptor `client_output`
+/// writes to, when that is a pipe the gateway may write to directly.
 fn drive<R, W>(
     gateway: Gateway,
     options: RunOptions,
     client_input: R,
     client_output: W,
     signals: Option<signals::TerminationSignals>,
+    client_pipe: Option<OwnedFd>,
 ) -> io::Result<i32>
 where
     R: Read + Send + 'static,
@@ -120,7 +144,7 @@ where
     };
     let (events_tx, events) = mpsc::sync_channel(EVENT_CHANNEL_CAPACITY);
 
-    let to_client = Arc::new(OutputQueue::default());
+    let to_client = Arc::new(OutputQueue::new(client_pipe));
     let tx = events_tx.clone();
     pipes::spawn_writer(
         "gatekit-client-writer",
@@ -132,7 +156,7 @@ where
             } else {
                 log::error!(target: LOG_TARGET, "writing to the client failed: {error}");
             }
-            let _ = tx.send(HostEvent::ClientEof);
+            let _ = tx.send(Wake::Event(HostEvent::ClientEof));
         },
     )?;
 
@@ -140,6 +164,8 @@ where
         host: GatewayHost::new(gateway, audit, recorder),
         to_client,
         upstream: None,
+        pending_to_client: Vec::new(),
+        pending_to_upstream: Vec::new(),
     };
     if let Some(signals) = signals {
         let tx = events_tx.clone();
@@ -147,7 +173,7 @@ where
             .name("gatekit-signals".to_owned())
             .spawn(move || {
                 while let Ok(signal) = signals.wait() {
-                    if tx.send(HostEvent::Signal(signal)).is_err() {
+                    if tx.send(Wake::Event(HostEvent::Signal(signal))).is_err() {
                         return;
                     }
                 }
@@ -157,6 +183,16 @@ where
         return Ok(code);
     }
 
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            driver: None,
+            step: Step::Wait(None),
+        }),
+        wake: events_tx.clone(),
+    });
+    // Held until the driver is in place: the upstream's reader may have
+    // bytes before that.
+    let mut state = shared.lock();
     let step = match process::command(&options.upstream).spawn() {
         Ok(child) => {
             let pid = child.id();
@@ -166,7 +202,7 @@ where
                 options.upstream.program
             );
             log::info!(target: LOG_TARGET, "Connected to upstream server");
-            driver.upstream = Some(start_upstream(child, &events_tx, &driver.to_client)?);
+            driver.upstream = Some(start_upstream(child, &shared, &driver.to_client)?);
             driver.feed(Input::UpstreamStarted { pid })
         }
         Err(error) => {
@@ -174,10 +210,9 @@ where
             driver.feed(Input::UpstreamFailedToStart { reason: &reason })
         }
     };
-    let mut deadline = match step {
-        Step::Wait(deadline) => deadline,
-        Step::Exit(code) => return Ok(code),
-    };
+    if let Step::Exit(code) = step {
+        return Ok(code);
+    }
 
     // Client input waits while either queue is full: the upstream's, for
     // the requests it forwards, and the client's own, for the error replies
@@ -188,10 +223,15 @@ where
         .map(|u| u.stdin.clone())
         .chain([driver.to_client.clone()])
         .collect();
-    let tx = events_tx.clone();
+    state.driver = Some(driver);
+    state.step = step;
+    drop(state);
+    let feeder = shared.clone();
     pipes::spawn_reader("gatekit-client-reader", client_input, gates, move |chunk| {
-        let event = chunk.map_or(HostEvent::ClientEof, HostEvent::ClientBytes);
-        tx.send(event).is_ok()
+        feeder.feed_from_reader(|driver| match chunk {
+            Some(bytes) => driver.feed(Input::ClientBytes(bytes)),
+            None => driver.handle_event(HostEvent::ClientEof),
+        })
     })?;
     // From here on only the threads hold senders, so the channel reports when
     // every one of them has ended.
@@ -199,30 +239,106 @@ where
     log::info!(target: LOG_TARGET, "MCPProxy now accepting client connections");
 
     loop {
-        let step = match next_event(&events, deadline) {
-            NextEvent::Event(event) => driver.handle_event(event),
-            NextEvent::Deadline => driver.handle_event(HostEvent::Deadline),
+        let step = shared.lock().step;
+        let deadline = match step {
+            Step::Wait(deadline) => deadline,
+            Step::Exit(code) => {
+                // Dropping the driver closes the queues and kills the
+                // upstream's process group.
+                drop(shared.lock().driver.take());
+                return Ok(code);
+            }
+        };
+        let event = match next_event(&events, deadline) {
+            NextEvent::Event(Wake::Look) => continue,
+            NextEvent::Event(Wake::Event(event)) => event,
+            NextEvent::Deadline => HostEvent::Deadline,
             NextEvent::Disconnected => {
                 log::error!(
                     target: LOG_TARGET,
                     "nothing more can happen but the gateway has not exited; exiting with 1"
                 );
+                drop(shared.lock().driver.take());
                 return Ok(1);
             }
         };
-        deadline = match step {
-            Step::Wait(deadline) => deadline,
-            Step::Exit(code) => return Ok(code),
-        };
+        let mut state = shared.lock();
+        if let Some(driver) = state.driver.as_mut() {
+            state.step = driver.handle_event(event);
+        }
     }
 }
 
-/// The main thread's state: the gateway and what carries out its actions.
-/// Dropping it closes the queues and kills the upstream's process group.
+/// What wakes the main thread.
+enum Wake {
+    /// An event for the gateway: a signal, the upstream's exit, a client
+    /// that stopped reading.
+    Event(HostEvent),
+    /// A reader fed the gateway, which now has an earlier deadline or has
+    /// exited: look at the state again.
+    Look,
+}
+
+/// The driver, shared by the readers, which feed it what they read on
+/// their own thread (no hand-over to another thread on a message's way),
+/// and the main thread, which runs the timer and feeds the rare events.
+struct Shared {
+    state: Mutex<State>,
+    wake: SyncSender<Wake>,
+}
+
+struct State {
+    /// Taken (and dropped) by the main thread when the gateway exits.
+    driver: Option<Driver>,
+    /// Where the gateway stood after its last input.
+    step: Step,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock: ignore poisoning.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Feeds the gateway from a reader thread. Returns false once the
+    /// gateway has exited, which ends the reader.
+    fn feed_from_reader(&self, feed: impl FnOnce(&mut Driver) -> Step) -> bool {
+        let mut state = self.lock();
+        let before = state.step;
+        if let Step::Exit(_) = before {
+            return false;
+        }
+        let Some(driver) = state.driver.as_mut() else {
+            return false;
+        };
+        let after = feed(driver);
+        state.step = after;
+        drop(state);
+        let look_again = match (before, after) {
+            (_, Step::Exit(_)) => true,
+            (Step::Wait(Some(old)), Step::Wait(Some(new))) => new < old,
+            (Step::Wait(None), Step::Wait(Some(_))) => true,
+            _ => false,
+        };
+        if look_again {
+            // A full channel already holds a reason to look.
+            let _ = self.wake.try_send(Wake::Look);
+        }
+        !matches!(after, Step::Exit(_))
+    }
+}
+
+/// The gateway and what carries out its actions. Dropping it closes the
+/// queues and kills the upstream's process group.
 struct Driver {
     host: GatewayHost,
     to_client: Arc<OutputQueue>,
     upstream: Option<Upstream>,
+    /// Messages for each peer handed out while carrying out one input's
+    /// actions, written together at the end: one write per peer per chunk
+    /// read, however many messages it held.
+    pending_to_client: Vec<u8>,
+    pending_to_upstream: Vec<u8>,
 }
 
 /// A running upstream server.
@@ -248,21 +364,16 @@ impl Driver {
     fn carry_out_actions(&mut self) -> Step {
         loop {
             match self.host.next_action() {
-                HostAction::ToClient(bytes) => self.to_client.push(bytes),
-                HostAction::ToUpstream(bytes) => match &self.upstream {
-                    Some(upstream) => upstream.stdin.push(bytes),
-                    None => log::debug!(
-                        target: LOG_TARGET,
-                        "no upstream is running; dropping {} bytes for it",
-                        bytes.len()
-                    ),
-                },
+                HostAction::ToClient(bytes) => append(&mut self.pending_to_client, bytes),
+                HostAction::ToUpstream(bytes) => append(&mut self.pending_to_upstream, bytes),
                 HostAction::CloseUpstreamInput => {
+                    self.send_pending();
                     if let Some(upstream) = &self.upstream {
                         upstream.stdin.close();
                     }
                 }
                 HostAction::SignalUpstream(signal) => {
+                    self.send_pending();
                     if let Some(upstream) = &self.upstream {
                         if let Err(error) = upstream.group.signal(signal) {
                             log::warn!(
@@ -274,6 +385,7 @@ impl Driver {
                     }
                 }
                 HostAction::Exit(code) => {
+                    self.send_pending();
                     let unsent = self.to_client.wait_drained(EXIT_FLUSH_TIMEOUT);
                     if unsent > 0 {
                         log::warn!(
@@ -281,13 +393,45 @@ impl Driver {
                             "the client did not read the last {unsent} bytes within {EXIT_FLUSH_TIMEOUT:?}; exiting without them"
                         );
                     }
-                    // The process group is killed when the driver is dropped,
-                    // right after this returns.
+                    // The process group is killed when the driver is dropped.
                     return Step::Exit(code);
                 }
-                HostAction::Wait(deadline) => return Step::Wait(deadline),
+                HostAction::Wait(deadline) => {
+                    self.send_pending();
+                    return Step::Wait(deadline);
+                }
             }
         }
+    }
+
+    /// Hands the messages gathered for each peer to its queue.
+    fn send_pending(&mut self) {
+        if !self.pending_to_upstream.is_empty() {
+            let bytes = std::mem::take(&mut self.pending_to_upstream);
+            match &self.upstream {
+                Some(upstream) => upstream.stdin.push(bytes),
+                None => log::debug!(
+                    target: LOG_TARGET,
+                    "no upstream is running; dropping {} bytes for it",
+                    bytes.len()
+                ),
+            }
+        }
+        if !self.pending_to_client.is_empty() {
+            self.to_client
+                .push(std::mem::take(&mut self.pending_to_client));
+        }
+    }
+}
+
+/// Adds `bytes` to `pending`, taking the buffer itself when nothing is
+/// pending yet (the common case of one message, and the only copy-free one
+/// for a large message).
+fn append(pending: &mut Vec<u8>, bytes: Vec<u8>) {
+    if pending.is_empty() {
+        *pending = bytes;
+    } else {
+        pending.extend_from_slice(&bytes);
     }
 }
 
@@ -306,7 +450,7 @@ impl Drop for Driver {
 /// Starts the threads that serve a freshly spawned upstream.
 fn start_upstream(
     mut child: Child,
-    events: &SyncSender<HostEvent>,
+    shared: &Arc<Shared>,
     to_client: &Arc<OutputQueue>,
 ) -> io::Result<Upstream> {
     // First, so that any failure below kills what was started.
@@ -319,7 +463,7 @@ fn start_upstream(
         ));
     };
 
-    let stdin_queue = Arc::new(OutputQueue::default());
+    let stdin_queue = Arc::new(OutputQueue::new(stdin.as_fd().try_clone_to_owned().ok()));
     pipes::spawn_writer(
         "gatekit-upstream-writer",
         stdin_queue.clone(),
@@ -333,25 +477,28 @@ fn start_upstream(
         },
     )?;
 
-    let tx = events.clone();
+    let feeder = shared.clone();
     pipes::spawn_reader(
         "gatekit-upstream-reader",
         stdout,
         vec![to_client.clone()],
         move |chunk| {
-            let event = chunk.map_or(HostEvent::UpstreamEof, HostEvent::UpstreamBytes);
-            tx.send(event).is_ok()
+            feeder.feed_from_reader(|driver| match chunk {
+                Some(bytes) => driver.feed(Input::UpstreamBytes(bytes)),
+                None => driver.handle_event(HostEvent::UpstreamEof),
+            })
         },
     )?;
 
     pipes::spawn_stderr_copier(stderr, io::stderr())?;
 
-    let tx = events.clone();
+    let tx = shared.wake.clone();
     thread::Builder::new()
         .name("gatekit-upstream-waiter".to_owned())
         .spawn(move || match child.wait() {
             Ok(status) => {
-                let _ = tx.send(HostEvent::UpstreamExited(process::exit_status(status)));
+                let status = process::exit_status(status);
+                let _ = tx.send(Wake::Event(HostEvent::UpstreamExited(status)));
             }
             Err(error) => {
                 // The gateway still learns of the end through the closed
@@ -367,7 +514,7 @@ fn start_upstream(
 }
 
 enum NextEvent {
-    Event(HostEvent),
+    Event(Wake),
     Deadline,
     /// Every thread that could send an event has ended.
     Disconnected,
@@ -375,7 +522,7 @@ enum NextEvent {
 
 /// Blocks until an event arrives or `deadline` passes. A deadline already
 /// passed wins over waiting events, so a busy peer cannot starve the timers.
-fn next_event(events: &Receiver<HostEvent>, deadline: Option<Timestamp>) -> NextEvent {
+fn next_event(events: &Receiver<Wake>, deadline: Option<Timestamp>) -> NextEvent {
     let Some(deadline) = deadline else {
         return events
             .recv()
@@ -401,7 +548,6 @@ mod tests {
     use super::*;
     use gatekit_core::Config;
     use std::sync::mpsc::Sender;
-    use std::sync::Mutex;
     use std::time::Instant;
 
     /// The client's stdin: bytes sent on a channel, EOF when it is dropped.
@@ -487,7 +633,7 @@ mod tests {
             audit_files: Vec::new(),
             capture: None,
         };
-        let code = drive(gateway(), options, input, output.clone(), None).expect("runs");
+        let code = drive(gateway(), options, input, output.clone(), None, None).expect("runs");
         assert_eq!(code, 1);
         let reply = output.text();
         assert!(reply.contains("\"id\":1"), "{reply}");
@@ -512,7 +658,8 @@ mod tests {
             drop(tx);
         });
         let script = r#"read line; echo "got $line" >&2; echo '{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}'; cat >/dev/null"#;
-        let code = drive(gateway(), shell(script), input, output.clone(), None).expect("runs");
+        let code =
+            drive(gateway(), shell(script), input, output.clone(), None, None).expect("runs");
         assert_eq!(code, 0);
         assert_eq!(
             output.text(),
@@ -525,7 +672,7 @@ mod tests {
         let (tx, input, output) = client();
         drop(tx);
         let start = Instant::now();
-        let code = drive(gateway(), shell("sleep 300"), input, output, None).expect("runs");
+        let code = drive(gateway(), shell("sleep 300"), input, output, None, None).expect("runs");
         assert_eq!(code, 0);
         // Closed stdin, a grace period, SIGTERM: well before the sleep ends.
         assert!(start.elapsed() < Duration::from_secs(30));
@@ -546,7 +693,7 @@ mod tests {
             "sleep 300 & echo $! > '{}'; exec cat >/dev/null",
             pid_file.display()
         );
-        let code = drive(gateway(), shell(&script), input, output, None).expect("runs");
+        let code = drive(gateway(), shell(&script), input, output, None, None).expect("runs");
         assert_eq!(code, 0);
         let pid = std::fs::read_to_string(&pid_file).expect("pid written");
         let _ = std::fs::remove_file(&pid_file);

@@ -1,15 +1,18 @@
 //! Moving bytes between pipes and the main thread without blocking it.
 //!
-//! Every blocking read and write happens on a thread of its own. Readers
-//! hand chunks to a callback (which sends them to the main thread); writers
-//! take from an [`OutputQueue`] that the main thread fills without ever
-//! waiting. Backpressure goes the other way: a reader waits, before its next
+//! Every read that may block happens on a thread of its own. Readers hand
+//! chunks to a callback (which feeds the gateway); writers take from an
+//! [`OutputQueue`] that the gateway's side fills without ever waiting. When
+//! the queue is idle and its pipe empty, a push is written straight to the
+//! pipe instead, which cannot block then, and saves waking the writer. Backpressure goes the other way: a reader waits, before its next
 //! read, while a queue it feeds holds more than [`QUEUE_BOUND`] bytes, so a
 //! peer that stops reading slows down the peer that writes to it instead of
 //! growing the gateway's memory.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -35,8 +38,9 @@ pub const QUEUE_BOUND: usize = 8 * 1024 * 1024;
 /// longer than this is passed on in pieces rather than buffered whole.
 pub const STDERR_LINE_MAX: usize = 64 * 1024;
 
-/// Bytes waiting to be written to one peer, shared by the main thread (which
-/// pushes), a writer thread (which pops) and the readers (which wait on it).
+/// Bytes waiting to be written to one peer, shared by the gateway's side
+/// (which pushes), a writer thread (which pops) and the readers (which wait
+/// on it).
 #[derive(Debug, Default)]
 pub(crate) struct OutputQueue {
     state: Mutex<QueueState>,
@@ -52,16 +56,69 @@ struct QueueState {
     closing: bool,
     /// The writer failed: everything pushed is dropped.
     dead: bool,
+    /// The pipe the writer writes to (a duplicate of its descriptor) and
+    /// its capacity, for writing straight to it; dropped on close, so the
+    /// reader sees EOF once the writer is done.
+    direct: Option<DirectPipe>,
+}
+
+#[derive(Debug)]
+struct DirectPipe {
+    pipe: File,
+    capacity: usize,
 }
 
 impl OutputQueue {
+    /// A queue; `pipe`, a duplicate of the descriptor its writer will
+    /// write to, lets pushes skip the writer thread when that descriptor is
+    /// a pipe (anything else is ignored).
+    pub(crate) fn new(pipe: Option<OwnedFd>) -> Self {
+        let direct = pipe.and_then(|pipe| {
+            let capacity = pipe_capacity(&pipe)?;
+            Some(DirectPipe {
+                pipe: File::from(pipe),
+                capacity,
+            })
+        });
+        OutputQueue {
+            state: Mutex::new(QueueState {
+                direct,
+                ..QueueState::default()
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
     /// Queues `bytes` for writing; never blocks. Dropped if the queue was
     /// closed or its writer has failed.
+    ///
+    /// When nothing is queued or being written (the lock keeps it so), the
+    /// pipe is empty and the bytes fit in it, the write cannot block, and
+    /// it is done here: one system call instead of a hand-over to the
+    /// writer thread, which on a busy machine costs a scheduling round.
     pub(crate) fn push(&self, bytes: Vec<u8>) {
         let mut state = self.lock();
         if state.closing || state.dead {
             log::debug!(target: LOG_TARGET, "dropping {} bytes for a closed pipe", bytes.len());
             return;
+        }
+        let mut bytes = bytes;
+        if state.queued_bytes == 0 {
+            if let Some(direct) = &state.direct {
+                if bytes.len() <= direct.capacity && pipe_is_empty(&direct.pipe) {
+                    match (&direct.pipe).write(&bytes) {
+                        Ok(n) if n == bytes.len() => return,
+                        // Not expected into an empty pipe; the writer
+                        // takes the rest.
+                        Ok(n) => {
+                            bytes.drain(..n);
+                        }
+                        // EINTR and the like: the writer tries again, and
+                        // reports what is not passing.
+                        Err(_) => {}
+                    }
+                }
+            }
         }
         state.queued_bytes += bytes.len();
         state.chunks.push_back(bytes);
@@ -70,7 +127,9 @@ impl OutputQueue {
 
     /// Asks the writer to finish what is queued and then close its pipe.
     pub(crate) fn close(&self) {
-        self.lock().closing = true;
+        let mut state = self.lock();
+        state.closing = true;
+        state.direct = None;
         self.changed.notify_all();
     }
 
@@ -143,6 +202,7 @@ impl OutputQueue {
     fn writer_failed(&self) {
         let mut state = self.lock();
         state.dead = true;
+        state.direct = None;
         state.chunks.clear();
         state.queued_bytes = 0;
         self.changed.notify_all();
@@ -153,6 +213,25 @@ impl OutputQueue {
         // consistent between statements anyway: ignore poisoning.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The capacity of the pipe `fd`, or `None` when it is not a pipe.
+#[allow(unsafe_code)]
+fn pipe_capacity(fd: &OwnedFd) -> Option<usize> {
+    // SAFETY: fcntl(F_GETPIPE_SZ) reads a property of a descriptor we own;
+    // no memory is passed.
+    let size = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    usize::try_from(size).ok().filter(|&size| size > 0)
+}
+
+/// Whether nothing waits in the pipe for its reader.
+#[allow(unsafe_code)]
+fn pipe_is_empty(pipe: &File) -> bool {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD stores one c_int through the pointer, which points
+    // to one.
+    let ok = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut queued) } == 0;
+    ok && queued == 0
 }
 
 /// Starts a thread that writes what `queue` receives to `output`, flushing
@@ -192,7 +271,8 @@ fn write_batches(queue: &OutputQueue, output: &mut impl Write) -> io::Result<()>
 }
 
 /// Starts a thread that reads `input` in chunks of up to [`READ_CHUNK`]
-/// bytes and hands each to `deliver` as `Some`, then `None` at the end. A
+/// bytes and hands each to `deliver` as `Some` (borrowed: the buffer is
+/// reused), then `None` at the end. A
 /// read error other than EINTR is logged and counts as the end. Before each
 /// read it waits until every queue in `gates` is below [`QUEUE_BOUND`]. The
 /// thread stops when `deliver` returns false (nobody is listening).
@@ -200,7 +280,7 @@ pub(crate) fn spawn_reader<R>(
     name: &str,
     mut input: R,
     gates: Vec<Arc<OutputQueue>>,
-    mut deliver: impl FnMut(Option<Vec<u8>>) -> bool + Send + 'static,
+    mut deliver: impl FnMut(Option<&[u8]>) -> bool + Send + 'static,
 ) -> io::Result<()>
 where
     R: Read + Send + 'static,
@@ -214,7 +294,7 @@ where
             }
             let chunk = match input.read(&mut buffer) {
                 Ok(0) => None,
-                Ok(n) => Some(buffer[..n].to_vec()),
+                Ok(n) => Some(&buffer[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!(target: LOG_TARGET, "{label}: read failed, treating it as the end of input: {e}");
@@ -340,7 +420,7 @@ mod tests {
             "test-reader",
             &b"data"[..],
             vec![gate.clone()],
-            move |chunk| tx.send(chunk).is_ok(),
+            move |chunk| tx.send(chunk.map(<[u8]>::to_vec)).is_ok(),
         )
         .expect("thread");
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
