@@ -787,7 +787,8 @@ impl Gateway {
                     id,
                     outcome,
                     result,
-                }) => self.on_server_response(bytes, id, result, outcome, now),
+                    tools,
+                }) => self.on_server_response(bytes, id, result, tools, outcome, now),
             }
         };
         if let Some((fallback, replacement)) = pass {
@@ -924,6 +925,7 @@ impl Gateway {
         line: &[u8],
         id: RequestId,
         result: Option<&RawValue>,
+        tools: Option<crate::json_scan::ToolsIndex>,
         outcome: Outcome,
         now: Timestamp,
     ) -> Option<(Fallback, Option<Vec<u8>>)> {
@@ -954,8 +956,9 @@ impl Gateway {
         {
             // The line was validated as UTF-8 by the parser.
             let text = std::str::from_utf8(line).expect("parsed lines are UTF-8");
-            if let Some(filtered) = filter_tools_list(text, |name| self.policies.permits_tool(name))
-            {
+            if let Some(filtered) = filter_tools_list(text, tools.as_ref(), |name| {
+                self.policies.permits_tool(name)
+            }) {
                 let mut record = self.record(now, EventType::ToolsFiltered, Source::Server);
                 record.method = Some(pending.method.clone());
                 record.request_id = Some(id.to_string());

@@ -60,10 +60,152 @@ impl<'a> EnvelopeSpans<'a> {
     }
 }
 
+/// What one scan found in a message it accepted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Scanned<'a> {
+    /// The envelope members the gateway reads.
+    pub envelope: EnvelopeSpans<'a>,
+    /// Where the tools of `result.tools` are, should the message answer a
+    /// `tools/list`.
+    pub tools: ToolsIndex,
+}
+
+/// The tools of a `tools/list` result, located during the scan so that the
+/// filter can rebuild the line from spans without reading it again.
+///
+/// It follows the filter's rules: `result` (exactly) must be an object,
+/// its member named `tools` in any ASCII case (the only case-insensitive
+/// match for that name, since the envelope's keys are ASCII here) must be
+/// an array, and a tool's name is the value of its one member named
+/// `name` in any case, if that member is spelled exactly `name`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct ToolsIndex {
+    /// Where the `result` object starts, if it is one.
+    pub result_start: Option<usize>,
+    /// Where the tools array starts and ends (exclusive), if there is one.
+    pub array: Option<(usize, usize)>,
+    /// Each element of the array, in order.
+    pub tools: Vec<ToolSpan>,
+}
+
+/// One element of the tools array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ToolSpan {
+    /// Where the element's text starts and ends (exclusive).
+    pub start: usize,
+    pub end: usize,
+    /// Where the value of its name member starts, if the element is an
+    /// object with exactly one member named `name` in any case, spelled
+    /// `name`. The value may still be something other than a string.
+    pub name: Option<usize>,
+}
+
+/// The scan's bookkeeping for [`ToolsIndex`]: a few comparisons per key
+/// and per value, on depths 1 to 4 only.
+#[derive(Default)]
+struct ToolsWatch {
+    index: ToolsIndex,
+    /// Inside the `result` object.
+    in_result: bool,
+    /// The next value in `result` is the `tools` member's.
+    tools_next: bool,
+    /// Inside the tools array.
+    in_tools: bool,
+    /// The element being read: where it started, how many members it has
+    /// named `name` in any case, whether the first is spelled `name`, and
+    /// where that one's value starts.
+    start: usize,
+    names: u32,
+    exact: bool,
+    name_next: bool,
+    name_at: Option<usize>,
+}
+
+impl ToolsWatch {
+    /// A value starts at `i` at `depth` with `byte`; `is_result`: it is the
+    /// value of the envelope's `result`.
+    #[inline(always)]
+    fn value(&mut self, depth: usize, i: usize, byte: u8, is_result: bool) {
+        match depth {
+            1 if is_result && byte == b'{' => {
+                self.in_result = true;
+                self.index.result_start = Some(i);
+            }
+            2 if self.tools_next => {
+                self.tools_next = false;
+                if byte == b'[' {
+                    self.in_tools = true;
+                    self.index.array = Some((i, i));
+                }
+            }
+            3 if self.in_tools => {
+                self.start = i;
+                self.names = 0;
+                self.exact = false;
+                self.name_next = false;
+                self.name_at = None;
+            }
+            4 if self.name_next => {
+                self.name_next = false;
+                self.name_at = Some(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// A key was read in the object at `depth`.
+    #[inline(always)]
+    fn key(&mut self, depth: usize, key: &[u8]) {
+        match depth {
+            2 if self.in_result && key.eq_ignore_ascii_case(b"tools") => self.tools_next = true,
+            4 if self.in_tools && key.eq_ignore_ascii_case(b"name") => {
+                self.names += 1;
+                if self.names == 1 {
+                    self.exact = key == b"name";
+                    self.name_next = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A value ended at `i` (exclusive) at `depth`.
+    #[inline(always)]
+    fn value_end(&mut self, depth: usize, i: usize) {
+        if depth == 3 && self.in_tools {
+            let name = if self.names == 1 && self.exact {
+                self.name_at
+            } else {
+                None
+            };
+            self.index.tools.push(ToolSpan {
+                start: self.start,
+                end: i,
+                name,
+            });
+        }
+    }
+
+    /// A container closed at `i` (exclusive), leaving `depth` open.
+    #[inline(always)]
+    fn close(&mut self, depth: usize, i: usize) {
+        match depth {
+            1 => self.in_result = false,
+            2 if self.in_tools => {
+                self.in_tools = false;
+                if let Some((start, _)) = self.index.array {
+                    self.index.array = Some((start, i));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Validates `text` as one JSON object with unique keys (see the module
-/// docs) and returns the spans of its envelope members, or `None` when the
+/// docs) and returns what the gateway reads from it, or `None` when the
 /// full check must decide.
-pub(crate) fn scan_message(text: &str) -> Option<EnvelopeSpans<'_>> {
+pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -71,6 +213,7 @@ pub(crate) fn scan_message(text: &str) -> Option<EnvelopeSpans<'_>> {
     }
     let mut keys = Keys::new();
     let mut spans = EnvelopeSpans::default();
+    let mut watch = ToolsWatch::default();
     // `object[d]`: the container at depth d + 1 is an object.
     let mut object = [false; SCAN_DEPTH];
     let mut depth = 0usize;
@@ -85,7 +228,9 @@ pub(crate) fn scan_message(text: &str) -> Option<EnvelopeSpans<'_>> {
         if depth == 1 {
             member_start = i;
         }
-        match *b.get(i)? {
+        let byte = *b.get(i)?;
+        watch.value(depth, i, byte, depth == 1 && member == b"result");
+        match byte {
             open @ (b'{' | b'[') => {
                 if depth >= SCAN_DEPTH {
                     return None;
@@ -100,10 +245,12 @@ pub(crate) fn scan_message(text: &str) -> Option<EnvelopeSpans<'_>> {
                     depth -= 1;
                     in_object = depth > 0 && object[depth - 1];
                     i += 1;
+                    watch.close(depth, i);
                 } else if in_object {
                     keys.open(depth);
                     let key;
                     (i, key) = keys.key(b, i, depth)?;
+                    watch.key(depth, key);
                     if depth == 1 {
                         member = key;
                     }
@@ -127,9 +274,13 @@ pub(crate) fn scan_message(text: &str) -> Option<EnvelopeSpans<'_>> {
                     *slot = Some(&text[member_start..i]);
                 }
             }
+            watch.value_end(depth, i);
             i = skip_ws(b, i);
             if depth == 0 {
-                return (i == b.len()).then_some(spans);
+                return (i == b.len()).then_some(Scanned {
+                    envelope: spans,
+                    tools: watch.index,
+                });
             }
             match *b.get(i)? {
                 b',' => {
@@ -137,6 +288,7 @@ pub(crate) fn scan_message(text: &str) -> Option<EnvelopeSpans<'_>> {
                     if in_object {
                         let key;
                         (i, key) = keys.key(b, skip_ws(b, i), depth)?;
+                        watch.key(depth, key);
                         if depth == 1 {
                             member = key;
                         }
@@ -150,6 +302,7 @@ pub(crate) fn scan_message(text: &str) -> Option<EnvelopeSpans<'_>> {
             depth -= 1;
             in_object = depth > 0 && object[depth - 1];
             i += 1;
+            watch.close(depth, i);
         }
     }
 }
@@ -434,7 +587,7 @@ mod tests {
     #[test]
     fn reads_the_envelope_members() {
         let line = r#" {"jsonrpc":"2.0", "id" : 7,"method":"tools/call","params":{"name":"x","a":[1,-2.5e+3,true,false,null]},"other":{}} "#;
-        let spans = scan_message(line).unwrap();
+        let spans = scan_message(line).unwrap().envelope;
         assert_eq!(spans.jsonrpc, Some("\"2.0\""));
         assert_eq!(spans.id, Some("7"));
         assert_eq!(spans.method, Some("\"tools/call\""));
@@ -481,6 +634,42 @@ mod tests {
         assert_eq!(scan_message(&deep), None);
         let fine = format!("{{\"a\":{}{}}}", "[".repeat(90), "]".repeat(90));
         assert!(scan_message(&fine).is_some());
+    }
+
+    #[test]
+    fn locates_the_tools_of_a_tools_list_result() {
+        let line = r#"{"id":1,"result":{"x":[{"name":"no"}],"Tools": [ {"name":"a","d":{"name":1}} , 7,{"NAME":"b"},{"Name":"c","name":"d"},{"name":5},{} ],"y":2}}"#;
+        let index = scan_message(line).unwrap().tools;
+        assert_eq!(index.result_start, line.find(r#"{"x""#));
+        let (start, end) = index.array.unwrap();
+        assert_eq!(
+            &line[start..end],
+            &line[line.find("[ {").unwrap()..line.find(r#","y""#).unwrap()]
+        );
+        let tools: Vec<(&str, Option<&str>)> = index
+            .tools
+            .iter()
+            .map(|t| (&line[t.start..t.end], t.name.map(|n| &line[n..n + 3])))
+            .collect();
+        assert_eq!(
+            tools,
+            [
+                (r#"{"name":"a","d":{"name":1}}"#, Some("\"a\"")),
+                ("7", None),
+                (r#"{"NAME":"b"}"#, None),
+                (r#"{"Name":"c","name":"d"}"#, None),
+                (r#"{"name":5}"#, Some("5},")),
+                ("{}", None),
+            ]
+        );
+        for other in [
+            r#"{"id":1,"result":{"tools":{}}}"#,
+            r#"{"id":1,"result":[{"tools":[]}]}"#,
+            r#"{"id":1,"Result":{"tools":[]}}"#,
+            r#"{"id":1,"result":{"x":{"tools":[]}}}"#,
+        ] {
+            assert_eq!(scan_message(other).unwrap().tools.array, None, "{other}");
+        }
     }
 
     #[test]

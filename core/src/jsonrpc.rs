@@ -4,7 +4,7 @@
 //! a tree: the gateway forwards the exact bytes it checked, and reads only the
 //! members it needs (`id`, `method`, the tool name) to decide.
 
-use crate::json_scan::EnvelopeSpans;
+use crate::json_scan::{EnvelopeSpans, ToolsIndex};
 use crate::strict_json::{check_strict, JsonProblem};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -105,6 +105,9 @@ pub(crate) enum Message<'a> {
         id: RequestId,
         outcome: Outcome,
         result: Option<&'a RawValue>,
+        /// Where `result.tools` is, when the fast scan read the line (for
+        /// filtering a `tools/list` answer without reading it again).
+        tools: Option<ToolsIndex>,
     },
 }
 
@@ -302,8 +305,8 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     // validating pass checks the syntax and the keys and finds the envelope.
     // Anything unusual takes the full strict check below, unchanged.
     if first == Some(b'{') {
-        if let Some(spans) = crate::json_scan::scan_message(text) {
-            return classify(Envelope::from_spans(&spans));
+        if let Some(scanned) = crate::json_scan::scan_message(text) {
+            return classify(Envelope::from_spans(&scanned.envelope), Some(scanned.tools));
         }
     }
     if let Err(problem) = check_strict(text) {
@@ -346,10 +349,10 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     }
     let env: Envelope<'_> = serde_json::from_str(text)
         .map_err(|e| Rejection::parse(format!("message is not valid JSON: {e}")))?;
-    classify(env)
+    classify(env, None)
 }
 
-fn classify(env: Envelope<'_>) -> Result<Message<'_>, Rejection> {
+fn classify(env: Envelope<'_>, tools: Option<ToolsIndex>) -> Result<Message<'_>, Rejection> {
     let method = env.method.map(|raw| json_string(raw).ok_or(raw));
     let id = env.id.map(|raw| RequestId::from_raw(raw).ok_or(raw));
     let readable_id = id.clone().and_then(Result::ok);
@@ -416,6 +419,7 @@ fn classify(env: Envelope<'_>) -> Result<Message<'_>, Rejection> {
                 id,
                 outcome,
                 result: env.result,
+                tools,
             })
         }
         (None, None) => Err(invalid("message has neither \"method\" nor \"id\"")),
@@ -743,7 +747,7 @@ mod tests {
     #[test]
     fn the_fast_path_reads_what_the_full_parse_reads() {
         let line = r#" {"jsonrpc" : "2.0","id":"x","method":"tools/call","params":{"name":"a","arguments":{"t":"\"}"}}} "#;
-        let fast = crate::json_scan::scan_message(line).map(|s| Envelope::from_spans(&s));
+        let fast = crate::json_scan::scan_message(line).map(|s| Envelope::from_spans(&s.envelope));
         let full: Envelope<'_> = serde_json::from_str(line).unwrap();
         let get = |e: &Envelope<'_>| {
             [e.jsonrpc, e.id, e.method, e.params, e.result, e.error]
