@@ -17,10 +17,16 @@
 //! escapes, non-ASCII keys near the envelope, envelope objects with many
 //! keys and nesting deeper than [`SCAN_DEPTH`] are left to the full check.
 //!
-//! Strings, most of a message's bytes, are skipped sixteen bytes at a time, and
-//! a long string switches to `memchr` for its quotes and backslashes and a
+//! Strings, most of a message's bytes, are skipped a word (eight bytes) at a
+//! time, then sixteen bytes at a time in a loop the compiler vectorises; a
+//! long string switches to `memchr` for its quotes and backslashes and a
 //! vectorisable minimum for its control bytes, so a 10 MiB argument costs
-//! little more than reading it.
+//! little more than reading it (about 0.9 instructions a byte, most of it
+//! the UTF-8 check the caller makes first).
+//!
+//! The same pass notes where the tools of a `tools/list` result are
+//! ([`ToolsIndex`]), so that the filter can rebuild such an answer from
+//! spans.
 
 use std::collections::BTreeSet;
 

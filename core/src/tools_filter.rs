@@ -51,9 +51,17 @@ fn filter_indexed<'a>(
     keep: impl Fn(&str) -> bool,
 ) -> Option<Filtered<'a>> {
     let (result_start, (array_start, array_end)) = (index.result_start?, index.array?);
+    let fits = |start: usize, end: usize| start <= end && end <= line.len();
+    if !fits(result_start, array_start) || !fits(array_start, array_end) {
+        // Not this line's index (never: the gateway passes the line it parsed).
+        return filter_parsed(line, keep);
+    }
     let mut removed = Vec::new();
     let mut kept = Vec::with_capacity(index.tools.len());
     for tool in &index.tools {
+        if !fits(tool.start, tool.end) {
+            return filter_parsed(line, keep);
+        }
         match tool.name.and_then(|at| string_at(line, at)) {
             Some(name) if keep(&name) => kept.push(tool),
             Some(name) => removed.push(name),
@@ -112,14 +120,14 @@ fn copy_object(
             out.push(b',');
         }
         first = false;
-        out.extend_from_slice(&b[i..key_end]);
+        out.extend_from_slice(b.get(i..key_end).unwrap_or_default());
         out.push(b':');
         let value = skip_ws(b, skip_ws(b, key_end) + 1);
         let end = match replace(out, value) {
             Some(end) => end,
             None => {
                 let end = value_end(b, value);
-                out.extend_from_slice(&b[value..end]);
+                out.extend_from_slice(b.get(value..end).unwrap_or_default());
                 end
             }
         };
