@@ -370,6 +370,11 @@ impl<'a> Keys<'a> {
             if !set.insert(key) {
                 return None;
             }
+        } else if self.keys.len() == self.start[depth - 1]
+            && (depth > CASE_CHECK_DEPTH || key.is_ascii())
+        {
+            // The object's first key: nothing to compare it with.
+            self.keys.push(key);
         } else {
             let first = self.start[depth - 1];
             let mine = &self.keys[first..];
@@ -391,6 +396,9 @@ impl<'a> Keys<'a> {
                 self.sets.push((depth, set));
                 self.set_depth = depth;
             }
+        }
+        if b.get(end + 1) == Some(&b':') {
+            return Some((end + 2, key));
         }
         let colon = skip_ws(b, end + 1);
         (b.get(colon) == Some(&b':')).then_some((colon + 1, key))
