@@ -687,6 +687,22 @@ mod tests {
     }
 
     #[test]
+    fn checks_values_as_serde_json_does_when_it_skips_them() {
+        // Like the previous fast path (serde_json skipping the value), no
+        // range check on numbers and no pairing check on escaped
+        // surrogates in values; the gateway never reads these as numbers
+        // or text, and the server gets the bytes as they came.
+        for line in [
+            r#"{"a":1e400,"b":-0.0e-999}"#,
+            r#"{"a":"\ud800 \uDC00x"}"#,
+            "{\"a\":\"\u{7f} é 日本\"}",
+        ] {
+            assert!(scan_message(line).is_some(), "{line}");
+            assert!(serde_json::from_str::<serde::de::IgnoredAny>(line).is_ok());
+        }
+    }
+
+    #[test]
     fn finds_repeats_in_large_objects_deep_down() {
         let mut text = String::from("{\"p\":{\"q\":{");
         for i in 0..100 {
