@@ -24,6 +24,11 @@ pub(crate) struct Queued<F> {
     pub(crate) fallback: Option<F>,
 }
 
+/// Writes larger than this are not folded together: a large record (a
+/// 10 MiB argument) would be copied again to join a small write, and there
+/// is no system call to save on a write that large anyway.
+const FOLD_LIMIT: usize = 64 * 1024;
+
 #[derive(Debug)]
 pub(crate) struct OutputQueue<F> {
     entries: VecDeque<Queued<F>>,
@@ -60,8 +65,11 @@ impl<F> OutputQueue<F> {
         if sink >= self.open_writes.len() {
             self.open_writes.resize(sink + 1, None);
         }
-        if !write.rotate_first {
-            if let Some(earlier) = self.open_write(sink) {
+        if !write.rotate_first && write.bytes.len() <= FOLD_LIMIT {
+            if let Some(earlier) = self
+                .open_write(sink)
+                .filter(|w| w.bytes.len() <= FOLD_LIMIT)
+            {
                 earlier.bytes.extend_from_slice(&write.bytes);
                 return;
             }
@@ -150,6 +158,23 @@ mod tests {
                 write(0, false, "a1\n"),
                 Output::ToClient(b"m1\n".to_vec()),
                 write(0, true, "a2\na3\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn large_writes_stay_apart() {
+        let large = "x".repeat(FOLD_LIMIT) + "\n";
+        let mut queue = OutputQueue::<()>::new(1);
+        queue.push(write(0, false, "a1\n"), None);
+        queue.push(write(0, false, &large), None);
+        queue.push(write(0, false, "a3\n"), None);
+        assert_eq!(
+            drain(&mut queue),
+            vec![
+                write(0, false, "a1\n"),
+                write(0, false, &large),
+                write(0, false, "a3\n"),
             ]
         );
     }

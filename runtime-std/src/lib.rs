@@ -46,7 +46,7 @@ pub mod signals;
 
 pub use audit_files::AuditFile;
 // Shared with other runtimes, so that they bound memory and time alike.
-pub use pipes::{QUEUE_BOUND, READ_CHUNK, STDERR_LINE_MAX};
+pub use pipes::{enlarge_pipe, PIPE_SIZE, QUEUE_BOUND, READ_CHUNK, STDERR_LINE_MAX};
 pub use process::UpstreamCommand;
 
 use audit_files::AuditFiles;
@@ -105,6 +105,8 @@ pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
     // Replies may be written to stdout straight from the thread that made
     // them, when it is a pipe (see `pipes::OutputQueue`).
     let client_pipe = io::stdout().as_fd().try_clone_to_owned().ok();
+    pipes::enlarge_pipe(&io::stdin());
+    pipes::enlarge_pipe(&io::stdout());
     drive(
         gateway,
         options,
@@ -182,6 +184,7 @@ where
     if let Step::Exit(code) = driver.carry_out_actions() {
         return Ok(code);
     }
+    driver.outlets().send();
 
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -213,6 +216,7 @@ where
     if let Step::Exit(code) = step {
         return Ok(code);
     }
+    driver.outlets().send();
 
     // Client input waits while either queue is full: the upstream's, for
     // the requests it forwards, and the client's own, for the error replies
@@ -264,7 +268,11 @@ where
         };
         let mut state = shared.lock();
         if let Some(driver) = state.driver.as_mut() {
-            state.step = driver.handle_event(event);
+            let step = driver.handle_event(event);
+            let outlets = driver.outlets();
+            state.step = step;
+            drop(state);
+            outlets.send();
         }
     }
 }
@@ -312,8 +320,10 @@ impl Shared {
             return false;
         };
         let after = feed(driver);
+        let outlets = driver.outlets();
         state.step = after;
         drop(state);
+        outlets.send();
         let look_again = match (before, after) {
             (_, Step::Exit(_)) => true,
             (Step::Wait(Some(old)), Step::Wait(Some(new))) => new < old,
@@ -386,6 +396,7 @@ impl Driver {
                 }
                 HostAction::Exit(code) => {
                     self.send_pending();
+                    self.outlets().send();
                     let unsent = self.to_client.wait_drained(EXIT_FLUSH_TIMEOUT);
                     if unsent > 0 {
                         log::warn!(
@@ -401,6 +412,14 @@ impl Driver {
                     return Step::Wait(deadline);
                 }
             }
+        }
+    }
+
+    /// The queues to [`Outlets::send`] once the lock is released.
+    fn outlets(&self) -> Outlets {
+        Outlets {
+            to_client: self.to_client.clone(),
+            to_upstream: self.upstream.as_ref().map(|u| u.stdin.clone()),
         }
     }
 
@@ -421,6 +440,21 @@ impl Driver {
             self.to_client
                 .push(std::mem::take(&mut self.pending_to_client));
         }
+    }
+}
+
+/// The peers' queues, held outside the lock to send what was queued.
+struct Outlets {
+    to_client: Arc<OutputQueue>,
+    to_upstream: Option<Arc<OutputQueue>>,
+}
+
+impl Outlets {
+    fn send(&self) {
+        if let Some(queue) = &self.to_upstream {
+            queue.send();
+        }
+        self.to_client.send();
     }
 }
 
@@ -463,6 +497,8 @@ fn start_upstream(
         ));
     };
 
+    pipes::enlarge_pipe(&stdin);
+    pipes::enlarge_pipe(&stdout);
     let stdin_queue = Arc::new(OutputQueue::new(stdin.as_fd().try_clone_to_owned().ok()));
     pipes::spawn_writer(
         "gatekit-upstream-writer",
