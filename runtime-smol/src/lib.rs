@@ -39,6 +39,8 @@ mod pipes;
 
 pub use gatekit_runtime_std::{AuditFile, RunOptions, UpstreamCommand};
 
+use gatekit_runtime_std::DirectPipe;
+
 use async_process::{Child, Stdio};
 use gatekit_core::{Gateway, Input};
 use gatekit_runtime_std::audit_files::AuditFiles;
@@ -51,7 +53,10 @@ use jiff::Timestamp;
 use pipes::{Blocking, Nonblocking, OutputQueue, ReadHalf, WriteHalf};
 use smol::channel::{self, Receiver, Sender};
 use smol::{future, LocalExecutor, Timer};
-use std::io::{self, Read, Write};
+use std::io;
+#[cfg(test)]
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::thread;
 use std::time::Duration;
@@ -71,20 +76,81 @@ const LOG_TARGET: &str = "gatekit.proxy.server";
 pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
     // Before smol starts any thread, so that all of them inherit the mask.
     let signals = TerminationSignals::block()?;
-    run_with(gateway, options, io::stdin(), io::stdout(), Some(signals))
+    // Replies go straight to stdout when it is a pipe with room (see
+    // `pipes::OutputQueue::push`), sparing the blocking pool a round.
+    let client_pipe = io::stdout().as_fd().try_clone_to_owned().ok();
+    gatekit_runtime_std::enlarge_pipe(&io::stdin());
+    gatekit_runtime_std::enlarge_pipe(&io::stdout());
+    let client_output = Blocking(io::stdout());
+    let Some(stdin) = watchable_stdin() else {
+        let client_input = Blocking(io::stdin());
+        return run_on(
+            gateway,
+            options,
+            client_input,
+            client_output,
+            Some(signals),
+            client_pipe,
+        );
+    };
+    let result = run_on(
+        gateway,
+        options,
+        Nonblocking(stdin),
+        client_output,
+        Some(signals),
+        client_pipe,
+    );
+    // The mode belongs to the pipe, which the client's side may share.
+    gatekit_runtime_std::set_blocking(&io::stdin());
+    result
+}
+
+/// Stdin, watched by smol's reactor, when it is a pipe or a socket: then
+/// a message from the client wakes the driver itself, where a read on the
+/// blocking pool would cost a hand-over between threads on every message.
+/// A terminal or a file stays blocking (`None`): making it non-blocking
+/// would change it for everyone sharing it.
+fn watchable_stdin() -> Option<smol::Async<std::fs::File>> {
+    use std::os::unix::fs::FileTypeExt;
+    let stdin = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned().ok()?);
+    let kind = stdin.metadata().ok()?.file_type();
+    if !(kind.is_fifo() || kind.is_socket()) {
+        return None;
+    }
+    smol::Async::new(stdin).ok()
 }
 
 /// [`run`] with the client's streams as parameters, so tests can play the
 /// client.
+#[cfg(test)]
 fn run_with(
     gateway: Gateway,
     options: RunOptions,
     client_input: impl Read + Send + 'static,
     client_output: impl Write + Send + 'static,
     signals: Option<TerminationSignals>,
+    client_pipe: Option<OwnedFd>,
 ) -> io::Result<i32> {
-    let client_input = Blocking(client_input);
-    let client_output = Blocking(client_output);
+    run_on(
+        gateway,
+        options,
+        Blocking(client_input),
+        Blocking(client_output),
+        signals,
+        client_pipe,
+    )
+}
+
+/// Runs the driver and its tasks on this thread until the gateway exits.
+fn run_on(
+    gateway: Gateway,
+    options: RunOptions,
+    client_input: impl ReadHalf + 'static,
+    client_output: impl WriteHalf + 'static,
+    signals: Option<TerminationSignals>,
+    client_pipe: Option<OwnedFd>,
+) -> io::Result<i32> {
     let executor = LocalExecutor::new();
     let driven = drive(
         &executor,
@@ -93,6 +159,7 @@ fn run_with(
         client_input,
         client_output,
         signals,
+        client_pipe.and_then(DirectPipe::new),
     );
     // Tasks still running when this returns (a reader blocked on a peer)
     // are dropped with the executor.
@@ -115,6 +182,7 @@ async fn drive(
     client_input: impl ReadHalf + 'static,
     client_output: impl WriteHalf + 'static,
     signals: Option<TerminationSignals>,
+    client_pipe: Option<DirectPipe>,
 ) -> io::Result<i32> {
     let audit = AuditFiles::open(options.audit_files)?;
     let recorder = match &options.capture {
@@ -123,7 +191,7 @@ async fn drive(
     };
     let (events_tx, events) = channel::bounded(EVENT_CHANNEL_CAPACITY);
 
-    let to_client = Rc::new(OutputQueue::default());
+    let to_client = Rc::new(OutputQueue::new(client_pipe));
     let (queue, tx) = (to_client.clone(), events_tx.clone());
     let client_writer = async move {
         let Err(error) = pipes::write_batches(&queue, client_output).await else {
@@ -338,7 +406,10 @@ fn start_upstream(
         ));
     };
 
-    let stdin_queue = Rc::new(OutputQueue::default());
+    gatekit_runtime_std::enlarge_pipe(&stdin);
+    gatekit_runtime_std::enlarge_pipe(&stdout);
+    let direct = stdin.as_fd().try_clone_to_owned().ok();
+    let stdin_queue = Rc::new(OutputQueue::new(direct.and_then(DirectPipe::new)));
     let queue = stdin_queue.clone();
     executor
         .spawn(async move {
@@ -511,7 +582,7 @@ mod tests {
         tx.send(REQUEST.to_vec()).expect("queued");
         let mut options = shell("");
         options.upstream.program = "/nonexistent/gatekit-test-server".to_owned();
-        let code = run_with(gateway(), options, input, output.clone(), None).expect("runs");
+        let code = run_with(gateway(), options, input, output.clone(), None, None).expect("runs");
         assert_eq!(code, 1);
         let reply = output.text();
         assert!(reply.contains("\"id\":1"), "{reply}");
@@ -539,7 +610,8 @@ mod tests {
         // request went through.
         let script = r#"read line; echo "got $line" >&2; case "$line" in *tools/list*) echo '{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}';; esac; cat >/dev/null"#;
         let start = Instant::now();
-        let code = run_with(gateway(), shell(script), input, output.clone(), None).expect("runs");
+        let code =
+            run_with(gateway(), shell(script), input, output.clone(), None, None).expect("runs");
         assert_eq!(code, 0);
         assert_eq!(output.text(), REPLY);
         // The server left as soon as its stdin closed: no grace period used.
@@ -566,7 +638,7 @@ mod tests {
         let script =
             r#"read line; echo '{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}'; cat >/dev/null"#;
         // stdin stays open (`tx` lives on): only the broken stdout ends it.
-        let code = run_with(gateway(), shell(script), input, BrokenPipe, None).expect("runs");
+        let code = run_with(gateway(), shell(script), input, BrokenPipe, None, None).expect("runs");
         assert_eq!(code, 0);
         drop(tx);
     }
@@ -584,6 +656,7 @@ mod tests {
             shell("trap '' TERM; sleep 300"),
             input,
             output,
+            None,
             None,
         )
         .expect("runs");
@@ -652,7 +725,15 @@ mod tests {
         // Never reads its stdin; exits after the watcher is done, so the
         // test ends.
         let options = shell("exec sleep 6");
-        run_with(gateway(), options, input, ClientOutput::default(), None).expect("runs");
+        run_with(
+            gateway(),
+            options,
+            input,
+            ClientOutput::default(),
+            None,
+            None,
+        )
+        .expect("runs");
         let stalled_at = watcher.join().expect("watcher");
         // The queue towards the server filled to its bound, and reading
         // stopped soon after: the kernel's pipe, the channel's chunks and
@@ -676,7 +757,7 @@ mod tests {
             "sleep 300 & echo $! > '{}'; exec cat >/dev/null",
             pid_file.display()
         );
-        let code = run_with(gateway(), shell(&script), input, output, None).expect("runs");
+        let code = run_with(gateway(), shell(&script), input, output, None, None).expect("runs");
         assert_eq!(code, 0);
         let pid = std::fs::read_to_string(&pid_file).expect("pid written");
         let _ = std::fs::remove_file(&pid_file);

@@ -10,7 +10,7 @@
 //! Everything runs on one thread (a `LocalExecutor`), so the queue is a
 //! `RefCell` and its waiters are plain wakers.
 
-use gatekit_runtime_std::{QUEUE_BOUND, READ_CHUNK, STDERR_LINE_MAX};
+use gatekit_runtime_std::{DirectPipe, QUEUE_BOUND, READ_CHUNK, STDERR_LINE_MAX};
 use smol::channel::Sender;
 use smol::future;
 use smol::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -41,17 +41,43 @@ struct QueueState {
     dead: bool,
     /// Tasks waiting for any change of the above.
     waiters: Vec<Waker>,
+    /// The pipe itself, written to directly when that cannot block (as in
+    /// runtime-std); dropped on close so the reader sees EOF after the
+    /// writer's last batch.
+    direct: Option<DirectPipe>,
 }
 
 impl OutputQueue {
+    /// A queue; `direct` lets pushes skip the writer task (and, for the
+    /// client's stdout, the blocking pool's thread).
+    pub(crate) fn new(direct: Option<DirectPipe>) -> Self {
+        OutputQueue {
+            state: RefCell::new(QueueState {
+                direct,
+                ..QueueState::default()
+            }),
+        }
+    }
+
     /// Queues `bytes` for writing; never waits. Dropped if the queue was
-    /// closed or its writer has failed.
-    pub(crate) fn push(&self, bytes: Vec<u8>) {
-        self.change(|state| {
+    /// closed or its writer has failed. When nothing is queued or being
+    /// written, the pipe is empty and the bytes fit, they are written here.
+    pub(crate) fn push(&self, mut bytes: Vec<u8>) {
+        {
+            let state = self.state.borrow();
             if state.closing || state.dead {
                 log::debug!(target: LOG_TARGET, "dropping {} bytes for a closed pipe", bytes.len());
                 return;
             }
+            if let Some(direct) = state.direct.as_ref().filter(|_| state.queued_bytes == 0) {
+                let n = direct.write_if_room(&bytes);
+                if n == bytes.len() {
+                    return;
+                }
+                bytes.drain(..n);
+            }
+        }
+        self.change(|state| {
             state.queued_bytes += bytes.len();
             state.chunks.push_back(bytes);
         });
@@ -59,7 +85,10 @@ impl OutputQueue {
 
     /// Asks the writer to finish what is queued and then close its pipe.
     pub(crate) fn close(&self) {
-        self.change(|state| state.closing = true);
+        self.change(|state| {
+            state.closing = true;
+            state.direct = None;
+        });
     }
 
     /// Waits while [`QUEUE_BOUND`] bytes or more wait to be written.
@@ -113,6 +142,7 @@ impl OutputQueue {
     fn writer_failed(&self) {
         self.change(|state| {
             state.dead = true;
+            state.direct = None;
             state.chunks.clear();
             state.queued_bytes = 0;
         });

@@ -66,10 +66,38 @@ struct QueueState {
     direct: Option<DirectPipe>,
 }
 
+/// A pipe the gateway may write to from the thread that has the bytes,
+/// when that cannot block: see [`DirectPipe::write_if_room`]. Shared with
+/// runtime-smol, whose driver writes the same way.
 #[derive(Debug)]
-struct DirectPipe {
+pub struct DirectPipe {
     pipe: File,
     capacity: usize,
+}
+
+impl DirectPipe {
+    /// `fd` (a duplicate of the descriptor the peer's writer uses), if it
+    /// is a pipe.
+    pub fn new(fd: OwnedFd) -> Option<DirectPipe> {
+        let capacity = pipe_capacity(&fd)?;
+        Some(DirectPipe {
+            pipe: File::from(fd),
+            capacity,
+        })
+    }
+
+    /// Writes `bytes` if the pipe is empty and they fit, so the write
+    /// cannot block; returns how many bytes were written (0: none, the
+    /// caller's writer must take them). Only call it when no other write to
+    /// this pipe is under way, or the bytes could pass others.
+    pub fn write_if_room(&self, bytes: &[u8]) -> usize {
+        if bytes.len() > self.capacity || !pipe_is_empty(&self.pipe) {
+            return 0;
+        }
+        // EINTR and the like: the caller's writer tries again, and reports
+        // what does not pass.
+        (&self.pipe).write(bytes).unwrap_or(0)
+    }
 }
 
 impl OutputQueue {
@@ -77,13 +105,7 @@ impl OutputQueue {
     /// write to, lets pushes skip the writer thread when that descriptor is
     /// a pipe (anything else is ignored).
     pub(crate) fn new(pipe: Option<OwnedFd>) -> Self {
-        let direct = pipe.and_then(|pipe| {
-            let capacity = pipe_capacity(&pipe)?;
-            Some(DirectPipe {
-                pipe: File::from(pipe),
-                capacity,
-            })
-        });
+        let direct = pipe.and_then(DirectPipe::new);
         OutputQueue {
             state: Mutex::new(QueueState {
                 direct,
@@ -122,26 +144,16 @@ impl OutputQueue {
             return;
         }
         if let Some(direct) = state.direct.as_ref().filter(|_| !state.writing) {
-            if state.queued_bytes <= direct.capacity && pipe_is_empty(&direct.pipe) {
-                let mut pipe = &direct.pipe;
-                while let Some(chunk) = state.chunks.front_mut() {
-                    match pipe.write(chunk) {
-                        Ok(n) if n == chunk.len() => {
-                            state.queued_bytes -= n;
-                            state.chunks.pop_front();
-                        }
-                        // Not expected into an empty pipe with room; the
-                        // writer takes the rest.
-                        Ok(n) => {
-                            chunk.drain(..n);
-                            state.queued_bytes -= n;
-                            break;
-                        }
-                        // EINTR and the like: the writer tries again, and
-                        // reports what does not pass.
-                        Err(_) => break,
-                    }
+            // Usually one chunk: the driver gathers a peer's messages.
+            while let Some(chunk) = state.chunks.front_mut() {
+                let n = direct.write_if_room(chunk);
+                state.queued_bytes -= n;
+                if n < chunk.len() {
+                    // The writer takes the rest.
+                    chunk.drain(..n);
+                    break;
                 }
+                state.chunks.pop_front();
             }
         }
         // Wakes the writer for what is left, and whoever waits for room or
@@ -275,6 +287,21 @@ pub fn enlarge_pipe(fd: &impl AsRawFd) {
     // SAFETY: fcntl(F_SETPIPE_SZ) changes a property of an open
     // descriptor; no memory is passed. Non-pipes fail with EBADF/EINVAL.
     let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+}
+
+/// Puts `fd` back into blocking mode (after a runtime watched it with
+/// O_NONBLOCK). Best effort.
+#[allow(unsafe_code)]
+pub fn set_blocking(fd: &impl AsRawFd) {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl(F_GETFL / F_SETFL) reads and sets the status flags of
+    // an open descriptor; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
 }
 
 /// Whether nothing waits in the pipe for its reader.
