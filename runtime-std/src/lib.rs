@@ -170,6 +170,8 @@ where
         upstream: None,
         pending_to_client: Vec::new(),
         pending_to_upstream: Vec::new(),
+        pushed_to_client: false,
+        pushed_to_upstream: false,
     };
     if let Some(signals) = signals {
         let tx = events_tx.clone();
@@ -351,6 +353,9 @@ struct Driver {
     /// read, however many messages it held.
     pending_to_client: Vec<u8>,
     pending_to_upstream: Vec<u8>,
+    /// Pushed to since the queues were last sent.
+    pushed_to_client: bool,
+    pushed_to_upstream: bool,
 }
 
 /// A running upstream server.
@@ -418,10 +423,15 @@ impl Driver {
     }
 
     /// The queues to [`Outlets::send`] once the lock is released.
-    fn outlets(&self) -> Outlets {
+    /// Only the queues pushed to since the last call: sending to another
+    /// would take its lock for nothing, and that lock may be held by a
+    /// reader the peer's wake-up has just preempted.
+    fn outlets(&mut self) -> Outlets {
         Outlets {
-            to_client: self.to_client.clone(),
-            to_upstream: self.upstream.as_ref().map(|u| u.stdin.clone()),
+            to_client: std::mem::take(&mut self.pushed_to_client).then(|| self.to_client.clone()),
+            to_upstream: std::mem::take(&mut self.pushed_to_upstream)
+                .then(|| self.upstream.as_ref().map(|u| u.stdin.clone()))
+                .flatten(),
         }
     }
 
@@ -430,7 +440,10 @@ impl Driver {
         if !self.pending_to_upstream.is_empty() {
             let bytes = std::mem::take(&mut self.pending_to_upstream);
             match &self.upstream {
-                Some(upstream) => upstream.stdin.push(bytes),
+                Some(upstream) => {
+                    upstream.stdin.push(bytes);
+                    self.pushed_to_upstream = true;
+                }
                 None => log::debug!(
                     target: LOG_TARGET,
                     "no upstream is running; dropping {} bytes for it",
@@ -441,22 +454,22 @@ impl Driver {
         if !self.pending_to_client.is_empty() {
             self.to_client
                 .push(std::mem::take(&mut self.pending_to_client));
+            self.pushed_to_client = true;
         }
     }
 }
 
 /// The peers' queues, held outside the lock to send what was queued.
 struct Outlets {
-    to_client: Arc<OutputQueue>,
+    to_client: Option<Arc<OutputQueue>>,
     to_upstream: Option<Arc<OutputQueue>>,
 }
 
 impl Outlets {
     fn send(&self) {
-        if let Some(queue) = &self.to_upstream {
+        for queue in [&self.to_upstream, &self.to_client].into_iter().flatten() {
             queue.send();
         }
-        self.to_client.send();
     }
 }
 

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -73,6 +74,9 @@ struct QueueState {
 pub struct DirectPipe {
     pipe: File,
     capacity: usize,
+    /// The kernel takes `RWF_NOWAIT` writes to pipes (Linux 5.x and later
+    /// do); cleared at the first refusal, then the emptiness test is used.
+    nowait: AtomicBool,
 }
 
 impl DirectPipe {
@@ -83,14 +87,28 @@ impl DirectPipe {
         Some(DirectPipe {
             pipe: File::from(fd),
             capacity,
+            nowait: AtomicBool::new(true),
         })
     }
 
-    /// Writes `bytes` if the pipe is empty and they fit, so the write
-    /// cannot block; returns how many bytes were written (0: none, the
-    /// caller's writer must take them). Only call it when no other write to
-    /// this pipe is under way, or the bytes could pass others.
+    /// Writes as much of `bytes` as the pipe takes without blocking;
+    /// returns how many bytes were written (the caller's writer must take
+    /// the rest). Only call it when no other write to this pipe is under
+    /// way, or the bytes could pass others.
+    ///
+    /// A write with `RWF_NOWAIT` takes what fits, even into a pipe that
+    /// still holds bytes (as it does under a pipelined load). Where the
+    /// kernel refuses the flag, only an empty pipe with room for all of
+    /// `bytes` is written to, which cannot block either.
     pub fn write_if_room(&self, bytes: &[u8]) -> usize {
+        if self.nowait.load(Ordering::Relaxed) {
+            match write_nowait(&self.pipe, bytes) {
+                Ok(n) => return n,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return 0,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => return 0,
+                Err(_) => self.nowait.store(false, Ordering::Relaxed),
+            }
+        }
         if bytes.len() > self.capacity || !pipe_is_empty(&self.pipe) {
             return 0;
         }
@@ -98,6 +116,21 @@ impl DirectPipe {
         // what does not pass.
         (&self.pipe).write(bytes).unwrap_or(0)
     }
+}
+
+/// `write(2)` that never blocks: pwritev2 at the current position with
+/// `RWF_NOWAIT`. EAGAIN when the pipe is full.
+#[allow(unsafe_code)]
+fn write_nowait(pipe: &File, bytes: &[u8]) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: one iovec describing `bytes`, which outlives the call; the
+    // kernel only reads from it. Offset -1 means the current position (a
+    // pipe has none).
+    let n = unsafe { libc::pwritev2(pipe.as_raw_fd(), &iov, 1, -1, libc::RWF_NOWAIT) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 impl OutputQueue {
@@ -491,6 +524,38 @@ mod tests {
         assert_eq!(rx.recv().ok(), Some(io::ErrorKind::BrokenPipe));
         queue.push(b"dropped\n".to_vec());
         assert_eq!(queue.wait_drained(Duration::from_secs(5)), 0);
+    }
+
+    #[test]
+    fn a_direct_write_takes_what_fits_and_never_blocks() {
+        let (mut reader, writer) = io::pipe().expect("a pipe");
+        let direct = DirectPipe::new(OwnedFd::from(writer)).expect("a pipe is a pipe");
+        let capacity = direct.capacity;
+        let bytes = vec![b'x'; capacity + 1000];
+        let first = direct.write_if_room(&bytes);
+        assert!(
+            first > 0 && first <= capacity,
+            "wrote {first} of {}",
+            bytes.len()
+        );
+        // Full: nothing more goes in, and the call returns at once.
+        assert_eq!(direct.write_if_room(&bytes[first..]), 0);
+        let mut drained = vec![0; first];
+        reader.read_exact(&mut drained).expect("what was written");
+        assert_eq!(direct.write_if_room(b"more\n"), 5);
+    }
+
+    #[test]
+    fn only_pipes_are_written_directly() {
+        let file = tempfile_fd();
+        assert!(DirectPipe::new(file).is_none());
+    }
+
+    fn tempfile_fd() -> OwnedFd {
+        let path = std::env::temp_dir().join(format!("gatekit-pipes-{}", std::process::id()));
+        let file = File::create(&path).expect("a temporary file");
+        let _ = std::fs::remove_file(&path);
+        OwnedFd::from(file)
     }
 
     #[test]
