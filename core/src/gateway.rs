@@ -1,6 +1,8 @@
 //! The `Gateway` state machine: bytes and timestamps in, actions out.
 
-use crate::audit::{AuditRecord, AuditSink, AuditSinkId, AuditWrite, EventType, Source};
+use crate::audit::{
+    AuditRecord, AuditSink, AuditSinkId, AuditWrite, EventType, PluginMetadata, Source,
+};
 use crate::config::{AuditingPlugin, Config, FileAuditingConfig, Limits, SecurityPlugin};
 use crate::framing::{Frame, LineFramer};
 use crate::jsonrpc::{
@@ -967,10 +969,7 @@ impl Gateway {
                     "Filtered {} tools from response",
                     filtered.removed.len()
                 ));
-                record.plugin_metadata = Some(serde_json::json!({
-                    "filtered_count": filtered.removed.len(),
-                    "filtered_tools": filtered.removed,
-                }));
+                record.plugin_metadata = Some(PluginMetadata::FilteredTools(filtered.removed));
                 self.audit(record);
                 forwarded = Some(filtered.line);
             }

@@ -4,6 +4,7 @@
 //! listed exactly when it is callable. Names are compared as decoded JSON
 //! strings, byte for byte: no case folding, no Unicode normalisation.
 
+use crate::audit::PluginMetadata;
 use crate::config::{ListMode, ToolAllowlistConfig};
 use std::collections::BTreeSet;
 
@@ -57,7 +58,7 @@ pub(crate) enum CallDecision {
         plugin: &'static str,
         reason: String,
         block_message: String,
-        metadata: serde_json::Value,
+        metadata: PluginMetadata<'static>,
         checks: Vec<String>,
     },
 }
@@ -102,7 +103,7 @@ impl SecurityPolicies {
                 plugin: TOOL_ALLOWLIST,
                 reason,
                 block_message: policy.block_message.clone(),
-                metadata: serde_json::json!({ "mode": policy.mode.as_str() }),
+                metadata: PluginMetadata::Mode(policy.mode.as_str()),
                 checks,
             };
         }

@@ -55,7 +55,7 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     }
     if let Some(meta) = &record.plugin_metadata {
         out.extend_from_slice(b" METADATA=");
-        super::json::write_value(out, meta);
+        super::json::write_metadata(out, meta);
     }
     if let Some(server) = &record.server_name {
         pair(out, "SERVER", server);

@@ -3,7 +3,7 @@
 //! Separators follow the tutorial's examples (`", "` and `": "`), so lines
 //! look exactly like the documentation shows them; field order is fixed.
 
-use super::AuditRecord;
+use super::{AuditRecord, PluginMetadata};
 use crate::jsonrpc::write_json_string;
 
 /// Appends `record` as one JSON line.
@@ -23,7 +23,7 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     obj.opt_string("reason", record.reason.as_deref());
     if let Some(meta) = &record.plugin_metadata {
         obj.key("plugin_metadata");
-        write_value(obj.out, meta);
+        write_metadata(obj.out, meta);
     }
     obj.opt_string("server_name", record.server_name.as_deref());
     obj.string("source", record.source.as_str());
@@ -116,34 +116,28 @@ impl<'o> ObjectWriter<'o> {
     }
 }
 
-/// Writes a JSON value with the same separators as the record itself.
-pub(super) fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            out.push(b'{');
-            for (i, (k, v)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.extend_from_slice(b", ");
-                }
-                write_json_string(out, k);
-                out.extend_from_slice(b": ");
-                write_value(out, v);
-            }
-            out.push(b'}');
+/// Writes plugin metadata as a JSON object, with the same separators as
+/// the record itself.
+pub(super) fn write_metadata(out: &mut Vec<u8>, meta: &PluginMetadata<'_>) {
+    match meta {
+        PluginMetadata::Mode(mode) => {
+            out.extend_from_slice(b"{\"mode\": ");
+            write_json_string(out, mode);
         }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
+        PluginMetadata::FilteredTools(names) => {
+            out.extend_from_slice(b"{\"filtered_count\": ");
+            out.extend_from_slice(names.len().to_string().as_bytes());
+            out.extend_from_slice(b", \"filtered_tools\": [");
+            for (i, name) in names.iter().enumerate() {
                 if i > 0 {
                     out.extend_from_slice(b", ");
                 }
-                write_value(out, v);
+                write_json_string(out, name);
             }
             out.push(b']');
         }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
     }
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -164,7 +158,7 @@ mod tests {
         record.request_id = Some("124".into());
         record.plugin = Some("tool_allowlist".into());
         record.reason = Some("Tool 'delete_file' is not in allowlist".into());
-        record.plugin_metadata = Some(serde_json::json!({"mode": "allowlist"}));
+        record.plugin_metadata = Some(PluginMetadata::Mode("allowlist"));
         let mut out = Vec::new();
         format(&record, &mut out);
         assert_eq!(
@@ -173,6 +167,23 @@ mod tests {
              \"tool\": \"delete_file\", \"status\": \"BLOCKED\", \"request_id\": \"124\", \"plugin\": \"tool_allowlist\", \
              \"reason\": \"Tool 'delete_file' is not in allowlist\", \"plugin_metadata\": {\"mode\": \"allowlist\"}, \
              \"source\": \"client\"}\n"
+        );
+    }
+
+    #[test]
+    fn filtered_tools_are_written_like_a_json_object() {
+        let mut out = Vec::new();
+        write_metadata(
+            &mut out,
+            &PluginMetadata::FilteredTools(vec![
+                "plain".into(),
+                "quote\"and\\back".into(),
+                "tab\tnewline\nü".into(),
+            ]),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"filtered_count": 3, "filtered_tools": ["plain", "quote\"and\\back", "tab\tnewline\nü"]}"#
         );
     }
 

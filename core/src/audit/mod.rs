@@ -12,6 +12,7 @@ mod line;
 use crate::config::{AuditFormat, AuditMode, CsvConfig, FileAuditingConfig};
 use crate::rotation::RotationPlan;
 use jiff::Timestamp;
+use std::borrow::Cow;
 
 /// What happened. The names are part of the audit format's public contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -118,8 +119,8 @@ pub struct AuditRecord<'a> {
     pub plugin: Option<String>,
     /// Why it decided so, or what went wrong.
     pub reason: Option<String>,
-    /// Plugin-specific details (a JSON object with sorted keys).
-    pub plugin_metadata: Option<serde_json::Value>,
+    /// Plugin-specific details, written as a JSON object.
+    pub plugin_metadata: Option<PluginMetadata<'a>>,
     /// The upstream's configured name.
     pub server_name: Option<String>,
     /// The request's parameters as the client sent them (raw JSON text;
@@ -131,6 +132,21 @@ pub struct AuditRecord<'a> {
     pub error_message: Option<String>,
     /// Security checks that ran on a request, as `plugin:DECISION`.
     pub security_checks: Vec<String>,
+}
+
+/// What a security plugin adds to its record, as typed data rather than a
+/// JSON tree: a `tools/list` answer can remove hundreds of tools, and their
+/// names are then written straight from the answer's text instead of being
+/// copied into a `serde_json::Value` first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginMetadata<'a> {
+    /// A blocked call, with the mode of the policy that blocked it
+    /// (`allowlist` or `blocklist`): written `{"mode": "allowlist"}`.
+    Mode(&'static str),
+    /// The tools removed from a `tools/list` answer, in list order (borrowed
+    /// from the answer unless their names had escapes): written
+    /// `{"filtered_count": 2, "filtered_tools": ["a", "b"]}`.
+    FilteredTools(Vec<Cow<'a, str>>),
 }
 
 impl AuditRecord<'_> {
