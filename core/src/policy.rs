@@ -6,13 +6,17 @@
 
 use crate::audit::PluginMetadata;
 use crate::config::{ListMode, ToolAllowlistConfig};
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
 
 /// The `tool_allowlist` plugin.
 #[derive(Debug, Clone)]
 pub(crate) struct ToolAllowlist {
     mode: ListMode,
-    tools: BTreeSet<String>,
+    /// The configured names, sorted by length first (see [`by_length`]) and
+    /// without repeats: a `tools/list` answer asks about every tool it
+    /// lists, and most names differ from the listed ones in length, which
+    /// settles a comparison without reading a byte.
+    tools: Vec<Box<str>>,
     block_message: String,
 }
 
@@ -21,16 +25,22 @@ pub(crate) const TOOL_ALLOWLIST: &str = "tool_allowlist";
 
 impl ToolAllowlist {
     pub(crate) fn new(config: &ToolAllowlistConfig) -> Self {
+        let mut tools: Vec<Box<str>> = config.tools.iter().map(|t| t.as_str().into()).collect();
+        tools.sort_unstable_by(|a, b| by_length(a, b));
+        tools.dedup();
         ToolAllowlist {
             mode: config.mode,
-            tools: config.tools.iter().cloned().collect(),
+            tools,
             block_message: config.block_message.clone(),
         }
     }
 
     /// Whether `tool` may be listed and called.
     pub(crate) fn permits(&self, tool: &str) -> bool {
-        let listed = self.tools.contains(tool);
+        let listed = self
+            .tools
+            .binary_search_by(|listed| by_length(listed, tool))
+            .is_ok();
         match self.mode {
             ListMode::Allowlist => listed,
             ListMode::Blocklist => !listed,
@@ -43,6 +53,14 @@ impl ToolAllowlist {
             ListMode::Blocklist => format!("Tool '{tool}' is in blocklist"),
         }
     }
+}
+
+/// Orders names by length, then byte by byte: a total order in which
+/// equal names, and only they, compare equal.
+fn by_length(a: &str, b: &str) -> Ordering {
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
 /// A decision on one `tools/call`.
@@ -132,6 +150,31 @@ mod tests {
         let block = allowlist(ListMode::Blocklist, &["delete_file"]);
         assert!(block.permits("read_file"));
         assert!(!block.permits("delete_file"));
+    }
+
+    #[test]
+    fn every_listed_name_is_found_whatever_its_length() {
+        let names = [
+            "b",
+            "a",
+            "ab",
+            "ba",
+            "read_file",
+            "echo",
+            "",
+            "read_filf",
+            "a",
+            "zz",
+            "ü",
+            "echo",
+        ];
+        let allow = allowlist(ListMode::Allowlist, &names);
+        for name in names {
+            assert!(allow.permits(name), "{name:?}");
+        }
+        for name in ["c", "aa", "read_fild", "ech", "echoo", "ü ", "u"] {
+            assert!(!allow.permits(name), "{name:?}");
+        }
     }
 
     #[test]
