@@ -790,7 +790,8 @@ impl Gateway {
                     outcome,
                     result,
                     tools,
-                }) => self.on_server_response(bytes, id, result, tools, outcome, now),
+                    line: text,
+                }) => self.on_server_response(text, id, result, tools, outcome, now),
             }
         };
         if let Some((fallback, replacement)) = pass {
@@ -924,7 +925,7 @@ impl Gateway {
     /// instead of the line.
     fn on_server_response(
         &mut self,
-        line: &[u8],
+        line: &str,
         id: RequestId,
         result: Option<&RawValue>,
         tools: Option<crate::json_scan::ToolsIndex>,
@@ -956,9 +957,7 @@ impl Gateway {
             && outcome == Outcome::Success
             && !self.policies.is_empty()
         {
-            // The line was validated as UTF-8 by the parser.
-            let text = std::str::from_utf8(line).expect("parsed lines are UTF-8");
-            if let Some(filtered) = filter_tools_list(text, tools.as_ref(), |name| {
+            if let Some(filtered) = filter_tools_list(line, tools.as_ref(), |name| {
                 self.policies.permits_tool(name)
             }) {
                 let mut record = self.record(now, EventType::ToolsFiltered, Source::Server);

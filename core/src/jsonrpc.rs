@@ -108,6 +108,9 @@ pub(crate) enum Message<'a> {
         /// Where `result.tools` is, when the fast scan read the line (for
         /// filtering a `tools/list` answer without reading it again).
         tools: Option<ToolsIndex>,
+        /// The whole line, already checked to be UTF-8, so the filter need
+        /// not check it again.
+        line: &'a str,
     },
 }
 
@@ -306,7 +309,11 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     // Anything unusual takes the full strict check below, unchanged.
     if first == Some(b'{') {
         if let Some(scanned) = crate::json_scan::scan_message(text) {
-            return classify(Envelope::from_spans(&scanned.envelope), Some(scanned.tools));
+            return classify(
+                text,
+                Envelope::from_spans(&scanned.envelope),
+                Some(scanned.tools),
+            );
         }
     }
     if let Err(problem) = check_strict(text) {
@@ -349,10 +356,15 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     }
     let env: Envelope<'_> = serde_json::from_str(text)
         .map_err(|e| Rejection::parse(format!("message is not valid JSON: {e}")))?;
-    classify(env, None)
+    classify(text, env, None)
 }
 
-fn classify(env: Envelope<'_>, tools: Option<ToolsIndex>) -> Result<Message<'_>, Rejection> {
+/// Classifies the envelope of `line`.
+fn classify<'a>(
+    line: &'a str,
+    env: Envelope<'a>,
+    tools: Option<ToolsIndex>,
+) -> Result<Message<'a>, Rejection> {
     let method = env.method.map(|raw| json_string(raw).ok_or(raw));
     let id = env.id.map(|raw| RequestId::from_raw(raw).ok_or(raw));
     let readable_id = id.clone().and_then(Result::ok);
@@ -420,6 +432,7 @@ fn classify(env: Envelope<'_>, tools: Option<ToolsIndex>) -> Result<Message<'_>,
                 outcome,
                 result: env.result,
                 tools,
+                line,
             })
         }
         (None, None) => Err(invalid("message has neither \"method\" nor \"id\"")),
