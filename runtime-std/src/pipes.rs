@@ -104,9 +104,14 @@ impl DirectPipe {
         if self.nowait.load(Ordering::Relaxed) {
             match write_nowait(&self.pipe, bytes) {
                 Ok(n) => return n,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return 0,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => return 0,
-                Err(_) => self.nowait.store(false, Ordering::Relaxed),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                        self.nowait.store(false, Ordering::Relaxed)
+                    }
+                    // Full (EAGAIN), interrupted, or broken: the writer
+                    // takes the bytes, and reports a broken pipe.
+                    _ => return 0,
+                },
             }
         }
         if bytes.len() > self.capacity || !pipe_is_empty(&self.pipe) {
