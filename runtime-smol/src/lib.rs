@@ -13,9 +13,14 @@
 //!  child stderr ► stderr copier ───────────────────────────────────────────────────► stderr
 //! ```
 //!
-//! The child's pipes are watched by smol's reactor. Stdin, stdout and stderr
-//! may be terminals or files, which cannot be made non-blocking, so each
-//! read or write of them is one call on smol's blocking pool.
+//! The child's pipes are watched by smol's reactor, and so is stdin when it
+//! is a pipe or a socket (as it is under an MCP client): a message wakes the
+//! driver's thread directly. A terminal or a file cannot be made
+//! non-blocking without changing it for everyone who shares it, so then
+//! each read is one call on smol's blocking pool. Writes to a peer go
+//! straight to its pipe when that cannot block (runtime-std's
+//! `DirectPipe`); otherwise the peer's writer task takes them (for stdout,
+//! on the blocking pool).
 //!
 //! The driver feeds one event to the gateway with the current time, carries
 //! out the outputs in order until [`gatekit_core::Output::Wait`], and then waits for the
