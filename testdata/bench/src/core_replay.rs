@@ -62,7 +62,7 @@ pub fn session(round_trips: usize, text_len: usize) -> Vec<Step> {
 pub fn tools_list_session(round_trips: usize) -> Vec<Step> {
     let mut steps = session(0, 0);
     let end = steps.split_off(steps.len() - 3);
-    let result = tools_list_result(500);
+    let result = crate::tools_list::tools_list_result(crate::targets::TOOLS);
     for id in 1..=round_trips as u64 {
         steps.push(Step::Client(
             format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/list\"}}\n").into_bytes(),
@@ -74,34 +74,6 @@ pub fn tools_list_session(round_trips: usize) -> Vec<Step> {
     }
     steps.extend(end);
     steps
-}
-
-/// The `result` of bench-echo's `tools/list` (`tools_list_result` in
-/// `bin/bench-echo.rs`, byte for byte): the allowed tools spread over the
-/// list and `tool_NNN` fillers, about 200 bytes a tool.
-fn tools_list_result(count: usize) -> Vec<u8> {
-    let allowed = crate::targets::ALLOWED_TOOLS;
-    let spacing = (count / allowed.len()).max(1);
-    let mut out = Vec::with_capacity(count * 220 + 32);
-    out.extend_from_slice(b"{\"tools\":[");
-    let mut allowed = allowed.iter();
-    for i in 0..count {
-        if i > 0 {
-            out.push(b',');
-        }
-        let name = match (i % spacing == 0).then(|| allowed.next()).flatten() {
-            Some(name) => (*name).to_owned(),
-            None => format!("tool_{i:03}"),
-        };
-        out.extend_from_slice(
-            format!(
-                "{{\"name\":\"{name}\",\"description\":\"Benchmark tool {name}: echoes the text it is given, for measuring gateway overhead.\",\"inputSchema\":{{\"type\":\"object\",\"properties\":{{\"text\":{{\"type\":\"string\"}}}},\"required\":[\"text\"]}}}}"
-            )
-            .as_bytes(),
-        );
-    }
-    out.extend_from_slice(b"]}");
-    out
 }
 
 /// The benchmark's gatekit config, as the core sees it.

@@ -21,6 +21,7 @@ mod scenarios;
 mod stats;
 mod sys;
 mod targets;
+mod tools_list;
 
 use report::{Check, Metric, Results};
 use std::path::{Path, PathBuf};

@@ -23,14 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Tools in every `tools/list` answer of the echo.
 pub const TOOLS: usize = 500;
-/// Tools the benchmark configs allow (the echo lists them among the 500).
-pub const ALLOWED_TOOLS: [&str; 5] = [
-    "echo",
-    "read_file",
-    "write_file",
-    "list_directory",
-    "search_files",
-];
+pub use crate::tools_list::ALLOWED_TOOLS;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {

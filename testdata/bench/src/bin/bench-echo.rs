@@ -17,14 +17,10 @@
 use serde_json::value::RawValue;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 
-/// The tools a benchmark config allows; every other listed tool is filtered.
-const ALLOWED: [&str; 5] = [
-    "echo",
-    "read_file",
-    "write_file",
-    "list_directory",
-    "search_files",
-];
+#[path = "../tools_list.rs"]
+mod tools_list;
+
+use tools_list::tools_list_result;
 
 fn main() {
     let mut tools = 500usize;
@@ -136,33 +132,6 @@ fn error(out: &mut impl Write, id: Option<&RawValue>, code: i64, message: &str) 
         "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"error\":{{\"code\":{code},\"message\":{message}}}}}"
     )?;
     out.flush()
-}
-
-/// The `result` of `tools/list`: the five tools the benchmark configs allow,
-/// spread over the list, and `tool_NNN` fillers, each with a description
-/// and an input schema like real servers send (about 200 bytes a tool).
-fn tools_list_result(count: usize) -> Vec<u8> {
-    let spacing = (count / ALLOWED.len()).max(1);
-    let mut out = Vec::with_capacity(count * 220 + 32);
-    out.extend_from_slice(b"{\"tools\":[");
-    let mut allowed = ALLOWED.iter();
-    for i in 0..count {
-        if i > 0 {
-            out.push(b',');
-        }
-        let name = match (i % spacing == 0).then(|| allowed.next()).flatten() {
-            Some(name) => (*name).to_owned(),
-            None => format!("tool_{i:03}"),
-        };
-        out.extend_from_slice(
-            format!(
-                "{{\"name\":\"{name}\",\"description\":\"Benchmark tool {name}: echoes the text it is given, for measuring gateway overhead.\",\"inputSchema\":{{\"type\":\"object\",\"properties\":{{\"text\":{{\"type\":\"string\"}}}},\"required\":[\"text\"]}}}}"
-            )
-            .as_bytes(),
-        );
-    }
-    out.extend_from_slice(b"]}");
-    out
 }
 
 /// The members of a JSON-RPC message the echo reads; the rest is skipped.
