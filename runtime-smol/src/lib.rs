@@ -79,6 +79,7 @@ const LOG_TARGET: &str = "gatekit.proxy.server";
 /// cannot be started is not an error: the gateway answers the client's first
 /// request with the reason and exits with 1.
 pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
+    gatekit_runtime_std::memory::return_large_buffers();
     // Before smol starts any thread, so that all of them inherit the mask.
     let signals = TerminationSignals::block()?;
     // Replies go straight to stdout when it is a pipe with room (see

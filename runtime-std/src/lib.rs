@@ -32,14 +32,15 @@
 //! The [`audit_files`] and [`process`] modules do not depend on threads and
 //! are meant to be shared with other runtimes.
 #![deny(missing_docs)]
-// libc is used for kill(2) in `process` and for asking a pipe's capacity
-// and fill level in `pipes`; those functions are the only ones allowed to
-// opt out.
+// libc is used for kill(2) in `process`, for the pipe calls in `pipes`
+// and for mallopt in `memory`; those functions are the only ones allowed
+// to opt out.
 #![deny(unsafe_code)]
 
 pub mod audit_files;
 pub mod capture;
 pub mod host;
+pub mod memory;
 mod pipes;
 pub mod process;
 pub mod signals;
@@ -103,6 +104,7 @@ pub struct RunOptions {
 /// cannot be started is not an error: the gateway answers the client's first
 /// request with the reason and exits with 1.
 pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
+    memory::return_large_buffers();
     let signals = signals::TerminationSignals::block()?;
     // Replies may be written to stdout straight from the thread that made
     // them, when it is a pipe (see `pipes::OutputQueue`).
