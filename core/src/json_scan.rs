@@ -38,6 +38,10 @@ pub(crate) const SCAN_DEPTH: usize = 100;
 /// the members it decides on. Matches `strict_json::CASE_CHECK_DEPTH + 1`.
 const CASE_CHECK_DEPTH: usize = 2;
 
+/// The deepest level [`ToolsWatch`] and the envelope spans look at (the
+/// name of a tool in `result.tools`): deeper values skip that bookkeeping.
+const WATCH_DEPTH: usize = 4;
+
 /// Objects with more keys than this switch from a linear scan to a set.
 const LINEAR_SCAN_KEYS: usize = 16;
 
@@ -231,11 +235,13 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
     'value: loop {
         // A value starts at `i` (after whitespace).
         i = skip_ws(b, i);
-        if depth == 1 {
-            member_start = i;
-        }
         let byte = *b.get(i)?;
-        watch.value(depth, i, byte, depth == 1 && member == b"result");
+        if depth <= WATCH_DEPTH {
+            if depth == 1 {
+                member_start = i;
+            }
+            watch.value(depth, i, byte, depth == 1 && member == b"result");
+        }
         match byte {
             open @ (b'{' | b'[') => {
                 if depth >= SCAN_DEPTH {
@@ -256,9 +262,11 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
                     keys.open(depth);
                     let key;
                     (i, key) = keys.key(b, i, depth)?;
-                    watch.key(depth, key);
-                    if depth == 1 {
-                        member = key;
+                    if depth <= WATCH_DEPTH {
+                        watch.key(depth, key);
+                        if depth == 1 {
+                            member = key;
+                        }
                     }
                     continue 'value;
                 } else {
@@ -275,28 +283,33 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
         // After a value: record an envelope member, then a comma or the
         // end of one or more containers.
         loop {
-            if depth == 1 {
-                if let Some(slot) = spans.slot(member) {
-                    *slot = Some(&text[member_start..i]);
+            if depth <= WATCH_DEPTH {
+                if depth == 1 {
+                    if let Some(slot) = spans.slot(member) {
+                        *slot = Some(&text[member_start..i]);
+                    }
+                }
+                watch.value_end(depth, i);
+                if depth == 0 {
+                    i = skip_ws(b, i);
+                    return (i == b.len()).then_some(Scanned {
+                        envelope: spans,
+                        tools: watch.index,
+                    });
                 }
             }
-            watch.value_end(depth, i);
             i = skip_ws(b, i);
-            if depth == 0 {
-                return (i == b.len()).then_some(Scanned {
-                    envelope: spans,
-                    tools: watch.index,
-                });
-            }
             match *b.get(i)? {
                 b',' => {
                     i += 1;
                     if in_object {
                         let key;
                         (i, key) = keys.key(b, skip_ws(b, i), depth)?;
-                        watch.key(depth, key);
-                        if depth == 1 {
-                            member = key;
+                        if depth <= WATCH_DEPTH {
+                            watch.key(depth, key);
+                            if depth == 1 {
+                                member = key;
+                            }
                         }
                     }
                     continue 'value;
@@ -308,7 +321,9 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
             depth -= 1;
             in_object = depth > 0 && object[depth - 1];
             i += 1;
-            watch.close(depth, i);
+            if depth <= WATCH_DEPTH {
+                watch.close(depth, i);
+            }
         }
     }
 }
@@ -408,6 +423,10 @@ impl<'a> Keys<'a> {
 /// The index of the first byte at or after `i` that is not JSON whitespace.
 #[inline(always)]
 pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    // Whitespace is rare between tokens: one comparison settles most calls.
+    if b.get(i).is_some_and(|&c| c > b' ') {
+        return i;
+    }
     while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
         i += 1;
     }
