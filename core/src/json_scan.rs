@@ -394,7 +394,9 @@ impl<'a> Keys<'a> {
             let first = self.start[depth - 1];
             let mine = &self.keys[first..];
             for k in mine {
-                if k.len() == key.len() && *k == key {
+                // Different keys of one length usually differ in their last
+                // byte too: compared inline before the library call.
+                if k.len() == key.len() && k.last() == key.last() && *k == key {
                     return None;
                 }
             }
