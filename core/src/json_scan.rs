@@ -498,12 +498,12 @@ const BLOCK: usize = 16 * 1024;
 pub(crate) fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
     // Most strings (keys, short values) end within a few words.
     let mut j = i;
-    while let Some(chunk) = b.get(j..j + 8) {
-        let hits = special_bytes(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+    while let Some(chunk) = b.get(j..).and_then(<[u8]>::first_chunk::<8>) {
+        let hits = special_bytes(u64::from_le_bytes(*chunk));
         if hits != 0 {
-            let at = j + (hits.trailing_zeros() / 8) as usize;
-            if b[at] == b'"' {
-                return Some((at, false));
+            let k = (hits.trailing_zeros() / 8) as usize;
+            if chunk.get(k) == Some(&b'"') {
+                return Some((j + k, false));
             }
             break;
         }
