@@ -56,7 +56,9 @@ fn filter_indexed<'a>(
         // Not this line's index (never: the gateway passes the line it parsed).
         return filter_parsed(line, keep);
     }
-    let mut removed = Vec::new();
+    // Sized for the whole list, like `kept`: one allocation rather than
+    // growing through every size (a policy often removes most of a list).
+    let mut removed = Vec::with_capacity(index.tools.len());
     let mut kept = Vec::with_capacity(index.tools.len());
     for tool in &index.tools {
         if !fits(tool.start, tool.end) {
