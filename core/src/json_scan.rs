@@ -508,7 +508,7 @@ pub(crate) fn string_end(b: &[u8], i: usize) -> Option<(usize, bool)> {
             break;
         }
         j += 8;
-        if j - i >= 32 {
+        if j - i >= 16 {
             break;
         }
     }
