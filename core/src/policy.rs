@@ -17,7 +17,15 @@ pub(crate) struct ToolAllowlist {
     /// lists, and most names differ from the listed ones in length, which
     /// settles a comparison without reading a byte.
     tools: Vec<Box<str>>,
+    /// Bit n set when a configured name is n bytes long (bit 63: 63 or
+    /// more): a name of any other length is not listed, without a search.
+    lengths: u64,
     block_message: String,
+}
+
+/// The bit of [`ToolAllowlist::lengths`] for a name of `len` bytes.
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// Name the plugin reports in audit records.
@@ -30,6 +38,7 @@ impl ToolAllowlist {
         tools.dedup();
         ToolAllowlist {
             mode: config.mode,
+            lengths: tools.iter().fold(0, |bits, t| bits | length_bit(t.len())),
             tools,
             block_message: config.block_message.clone(),
         }
@@ -37,10 +46,11 @@ impl ToolAllowlist {
 
     /// Whether `tool` may be listed and called.
     pub(crate) fn permits(&self, tool: &str) -> bool {
-        let listed = self
-            .tools
-            .binary_search_by(|listed| by_length(listed, tool))
-            .is_ok();
+        let listed = self.lengths & length_bit(tool.len()) != 0
+            && self
+                .tools
+                .binary_search_by(|listed| by_length(listed, tool))
+                .is_ok();
         match self.mode {
             ListMode::Allowlist => listed,
             ListMode::Blocklist => !listed,
@@ -154,6 +164,8 @@ mod tests {
 
     #[test]
     fn every_listed_name_is_found_whatever_its_length() {
+        let long = "x".repeat(70);
+        let longer = "x".repeat(80);
         let names = [
             "b",
             "a",
@@ -167,12 +179,23 @@ mod tests {
             "zz",
             "ü",
             "echo",
+            &long,
         ];
         let allow = allowlist(ListMode::Allowlist, &names);
         for name in names {
             assert!(allow.permits(name), "{name:?}");
         }
-        for name in ["c", "aa", "read_fild", "ech", "echoo", "ü ", "u"] {
+        for name in [
+            "c",
+            "aa",
+            "read_fild",
+            "ech",
+            "echoo",
+            "ü ",
+            "u",
+            &longer,
+            &long[1..],
+        ] {
             assert!(!allow.permits(name), "{name:?}");
         }
     }
