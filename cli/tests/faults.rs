@@ -702,3 +702,61 @@ fn the_gateway_shuts_down_when_its_parent_dies() {
     // Shutdown: stdin close, 2 s, SIGTERM (sleep dies then).
     check_no_survivors(&processes);
 }
+
+/// The upstream answers with a large message and exits while the client is
+/// busy and not reading. The gateway decides to exit as soon as its reader
+/// sees the end, then waits (at most a second) for the client to take the
+/// answer; the shutdown timer that fires meanwhile must not undo the exit.
+/// (It once did in runtime-std: the gateway then waited for ever, upstream
+/// group and all.)
+#[test]
+fn an_exit_decided_while_the_client_is_slow_to_read_still_happens() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    use std::time::Instant;
+
+    let dir = TempDir::new("slow-reader-exit");
+    let script = r#"read line; printf '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"'; head -c 3000000 /dev/zero | tr '\0' a; printf '"}]}}\n'"#;
+    let config =
+        GatewayConfig::new(vec!["sh".into(), "-c".into(), script.into()]).write(dir.path());
+    let mut gateway = gateway_command(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the gateway starts");
+    let mut stdin = gateway.stdin.take().expect("piped");
+    stdin
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"big\"}}\n")
+        .expect("request sent");
+    // Busy for a moment: the answer waits in the gateway meanwhile.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut stdout = gateway.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut received = Vec::new();
+        let _ = stdout.read_to_end(&mut received);
+        received
+    });
+    drop(stdin);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = gateway.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            let _ = gateway.kill();
+            panic!("the gateway was still running 15 s after the client closed stdin");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let received = reader.join().expect("reader");
+    assert!(
+        !status.success(),
+        "the server left a connected client: exit non-zero ({status}, {} bytes received)",
+        received.len()
+    );
+    // What the client had not taken within the second the gateway waits is
+    // dropped (a client that stops reading must not keep it alive); what
+    // the pipes held reached it.
+    assert!(!received.is_empty(), "the client got nothing");
+}

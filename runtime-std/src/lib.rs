@@ -197,7 +197,6 @@ where
             driver: None,
             step: Step::Wait(None),
         }),
-        wake: events_tx.clone(),
     });
     // Held until the driver is in place: the upstream's reader may have
     // bytes before that.
@@ -211,7 +210,12 @@ where
                 options.upstream.program
             );
             log::info!(target: LOG_TARGET, "Connected to upstream server");
-            driver.upstream = Some(start_upstream(child, &shared, &driver.to_client)?);
+            driver.upstream = Some(start_upstream(
+                child,
+                &shared,
+                &events_tx,
+                &driver.to_client,
+            )?);
             driver.feed(Input::UpstreamStarted { pid })
         }
         Err(error) => {
@@ -236,9 +240,9 @@ where
     state.driver = Some(driver);
     state.step = step;
     drop(state);
-    let feeder = shared.clone();
+    let (feeder, wake) = (shared.clone(), events_tx.clone());
     pipes::spawn_reader("gatekit-client-reader", client_input, gates, move |chunk| {
-        feeder.feed_from_reader(|driver| match chunk {
+        feeder.feed_from_reader(&wake, |driver| match chunk {
             Some(bytes) => driver.feed(Input::ClientBytes(bytes)),
             None => driver.handle_event(HostEvent::ClientEof),
         })
@@ -273,6 +277,12 @@ where
             }
         };
         let mut state = shared.lock();
+        if let Step::Exit(_) = state.step {
+            // A reader made the gateway exit after the step was read above;
+            // the core ignores everything from then on, and its answer
+            // (`Wait`) must not undo the exit.
+            continue;
+        }
         if let Some(driver) = state.driver.as_mut() {
             let step = driver.handle_event(event);
             let outlets = driver.outlets();
@@ -296,9 +306,10 @@ enum Wake {
 /// The driver, shared by the readers, which feed it what they read on
 /// their own thread (no hand-over to another thread on a message's way),
 /// and the main thread, which runs the timer and feeds the rare events.
+/// It holds no sender of the main thread's channel: only the threads do,
+/// so the channel tells when all of them have ended.
 struct Shared {
     state: Mutex<State>,
-    wake: SyncSender<Wake>,
 }
 
 struct State {
@@ -316,7 +327,11 @@ impl Shared {
 
     /// Feeds the gateway from a reader thread. Returns false once the
     /// gateway has exited, which ends the reader.
-    fn feed_from_reader(&self, feed: impl FnOnce(&mut Driver) -> Step) -> bool {
+    fn feed_from_reader(
+        &self,
+        wake: &SyncSender<Wake>,
+        feed: impl FnOnce(&mut Driver) -> Step,
+    ) -> bool {
         let mut state = self.lock();
         let before = state.step;
         if let Step::Exit(_) = before {
@@ -338,7 +353,7 @@ impl Shared {
         };
         if look_again {
             // A full channel already holds a reason to look.
-            let _ = self.wake.try_send(Wake::Look);
+            let _ = wake.try_send(Wake::Look);
         }
         !matches!(after, Step::Exit(_))
     }
@@ -502,6 +517,7 @@ impl Drop for Driver {
 fn start_upstream(
     mut child: Child,
     shared: &Arc<Shared>,
+    events: &SyncSender<Wake>,
     to_client: &Arc<OutputQueue>,
 ) -> io::Result<Upstream> {
     // First, so that any failure below kills what was started.
@@ -530,13 +546,13 @@ fn start_upstream(
         },
     )?;
 
-    let feeder = shared.clone();
+    let (feeder, wake) = (shared.clone(), events.clone());
     pipes::spawn_reader(
         "gatekit-upstream-reader",
         stdout,
         vec![to_client.clone()],
         move |chunk| {
-            feeder.feed_from_reader(|driver| match chunk {
+            feeder.feed_from_reader(&wake, |driver| match chunk {
                 Some(bytes) => driver.feed(Input::UpstreamBytes(bytes)),
                 None => driver.handle_event(HostEvent::UpstreamEof),
             })
@@ -545,7 +561,7 @@ fn start_upstream(
 
     pipes::spawn_stderr_copier(stderr, io::stderr())?;
 
-    let tx = shared.wake.clone();
+    let tx = events.clone();
     thread::Builder::new()
         .name("gatekit-upstream-waiter".to_owned())
         .spawn(move || match child.wait() {
