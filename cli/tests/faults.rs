@@ -760,3 +760,54 @@ fn an_exit_decided_while_the_client_is_slow_to_read_still_happens() {
     // the pipes held reached it.
     assert!(!received.is_empty(), "the client got nothing");
 }
+
+/// Some launchers (inetd, systemd socket activation, socat) give a program
+/// one socket as both stdin and stdout. Reading stdin must not change how
+/// stdout is written: a large answer to a client that reads late arrives
+/// whole. (runtime-smol once made the shared socket non-blocking, and the
+/// answer was cut off.)
+#[test]
+fn stdin_and_stdout_on_one_socket_carry_a_large_answer_whole() {
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+    use std::process::Stdio;
+
+    let dir = TempDir::new("one-socket");
+    let script = r#"read line; printf '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"'; head -c 3000000 /dev/zero | tr '\0' a; printf '"}]}}\n'; exec cat >/dev/null"#;
+    let config =
+        GatewayConfig::new(vec!["sh".into(), "-c".into(), script.into()]).write(dir.path());
+    let (mut client, theirs) = UnixStream::pair().expect("a socket pair");
+    let theirs = OwnedFd::from(theirs);
+    let mut gateway = gateway_command(&config)
+        .stdin(Stdio::from(theirs.try_clone().expect("dup")))
+        .stdout(Stdio::from(theirs))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the gateway starts");
+    client
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"big\"}}\n")
+        .expect("request sent");
+    // The client reads late, so the gateway's writes meet a full socket.
+    std::thread::sleep(Duration::from_millis(1500));
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let mut buffer = vec![0; 1 << 16];
+    while !answer.ends_with(b"\n") {
+        match client.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("EOF to the gateway");
+    let _ = gateway.wait();
+    assert!(
+        answer.len() > 3_000_000 && answer.ends_with(b"}]}}\n"),
+        "the answer arrived cut off: {} bytes",
+        answer.len()
+    );
+}

@@ -88,7 +88,7 @@ pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
     gatekit_runtime_std::enlarge_pipe(&io::stdin());
     gatekit_runtime_std::enlarge_pipe(&io::stdout());
     let client_output = Blocking(io::stdout());
-    let Some(stdin) = watchable_stdin() else {
+    let Some((stdin, was_nonblocking)) = watchable_stdin() else {
         let client_input = Blocking(io::stdin());
         return run_on(
             gateway,
@@ -108,23 +108,48 @@ pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
         client_pipe,
     );
     // The mode belongs to the pipe, which the client's side may share.
-    gatekit_runtime_std::set_blocking(&io::stdin());
+    if !was_nonblocking {
+        gatekit_runtime_std::set_blocking(&io::stdin());
+    }
     result
 }
 
-/// Stdin, watched by smol's reactor, when it is a pipe or a socket: then
-/// a message from the client wakes the driver itself, where a read on the
-/// blocking pool would cost a hand-over between threads on every message.
-/// A terminal or a file stays blocking (`None`): making it non-blocking
-/// would change it for everyone sharing it.
-fn watchable_stdin() -> Option<smol::Async<std::fs::File>> {
-    use std::os::unix::fs::FileTypeExt;
+/// Stdin, watched by smol's reactor, when it is a pipe, and whether it was
+/// non-blocking already: then a message from the client wakes the driver
+/// itself, where a read on the blocking pool would cost a hand-over between
+/// threads on every message.
+///
+/// Watching sets O_NONBLOCK, which belongs to the open pipe, not to this
+/// descriptor. A pipe's read end is not its write end, so stdout is not
+/// affected, unless stdout is that very pipe (a FIFO opened for both), which
+/// is left alone. So is a socket, which inetd, systemd or socat often give
+/// as stdin and stdout at once, a terminal and a file: `None`.
+fn watchable_stdin() -> Option<(smol::Async<std::fs::File>, bool)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let stdin = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned().ok()?);
-    let kind = stdin.metadata().ok()?.file_type();
-    if !(kind.is_fifo() || kind.is_socket()) {
+    let input = stdin.metadata().ok()?;
+    if !input.file_type().is_fifo() {
         return None;
     }
-    smol::Async::new(stdin).ok()
+    let stdout = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from);
+    if let Ok(output) = stdout.and_then(|f| f.metadata()) {
+        if (output.dev(), output.ino()) == (input.dev(), input.ino()) {
+            return None;
+        }
+    }
+    let was_nonblocking = gatekit_runtime_std::is_nonblocking(&stdin);
+    match smol::Async::new(stdin) {
+        Ok(watched) => Some((watched, was_nonblocking)),
+        Err(_) => {
+            if !was_nonblocking {
+                gatekit_runtime_std::set_blocking(&io::stdin());
+            }
+            None
+        }
+    }
 }
 
 /// [`run`] with the client's streams as parameters, so tests can play the

@@ -48,7 +48,8 @@ pub mod signals;
 pub use audit_files::AuditFile;
 // Shared with other runtimes, so that they bound memory and time alike.
 pub use pipes::{
-    enlarge_pipe, set_blocking, DirectPipe, PIPE_SIZE, QUEUE_BOUND, READ_CHUNK, STDERR_LINE_MAX,
+    enlarge_pipe, is_nonblocking, set_blocking, DirectPipe, PIPE_SIZE, QUEUE_BOUND, READ_CHUNK,
+    STDERR_LINE_MAX,
 };
 pub use process::UpstreamCommand;
 

@@ -327,6 +327,14 @@ pub fn enlarge_pipe(fd: &impl AsRawFd) {
     let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
 }
 
+/// Whether `fd` is in non-blocking mode (O_NONBLOCK).
+#[allow(unsafe_code)]
+pub fn is_nonblocking(fd: &impl AsRawFd) -> bool {
+    // SAFETY: fcntl(F_GETFL) reads the status flags of an open descriptor.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
+}
+
 /// Puts `fd` back into blocking mode (after a runtime watched it with
 /// O_NONBLOCK). Best effort.
 #[allow(unsafe_code)]
