@@ -50,7 +50,7 @@ use async_process::{Child, Stdio};
 use gatekit_core::{Gateway, Input};
 use gatekit_runtime_std::audit_files::AuditFiles;
 use gatekit_runtime_std::capture::Recorder;
-use gatekit_runtime_std::host::{GatewayHost, HostAction, HostEvent};
+use gatekit_runtime_std::host::{GatewayHost, HostAction, HostEvent, PendingWrites};
 use gatekit_runtime_std::process::{self, ProcessGroup};
 use gatekit_runtime_std::signals::TerminationSignals;
 use gatekit_runtime_std::{EVENT_CHANNEL_CAPACITY, EXIT_FLUSH_TIMEOUT};
@@ -241,6 +241,7 @@ async fn drive(
         host: GatewayHost::new(gateway, audit, recorder),
         to_client,
         upstream: None,
+        pending: PendingWrites::default(),
     };
     if let Some(signals) = signals {
         // sigwait blocks for good, so it gets a thread of its own rather
@@ -339,6 +340,9 @@ struct Driver {
     host: GatewayHost,
     to_client: Rc<OutputQueue>,
     upstream: Option<Upstream>,
+    /// Messages for each peer from one input's actions, pushed together:
+    /// one write per peer per chunk read, as in runtime-std.
+    pending: PendingWrites,
 }
 
 /// A running upstream server.
@@ -365,21 +369,16 @@ impl Driver {
     async fn carry_out_actions(&mut self) -> Step {
         loop {
             match self.host.next_action() {
-                HostAction::ToClient(bytes) => self.to_client.push(bytes),
-                HostAction::ToUpstream(bytes) => match &self.upstream {
-                    Some(upstream) => upstream.stdin.push(bytes),
-                    None => log::debug!(
-                        target: LOG_TARGET,
-                        "no upstream is running; dropping {} bytes for it",
-                        bytes.len()
-                    ),
-                },
+                HostAction::ToClient(bytes) => self.pending.to_client(bytes),
+                HostAction::ToUpstream(bytes) => self.pending.to_upstream(bytes),
                 HostAction::CloseUpstreamInput => {
+                    self.send_pending();
                     if let Some(upstream) = &self.upstream {
                         upstream.stdin.close();
                     }
                 }
                 HostAction::SignalUpstream(signal) => {
+                    self.send_pending();
                     if let Some(upstream) = &self.upstream {
                         if let Err(error) = upstream.group.signal(signal) {
                             log::warn!(
@@ -391,6 +390,7 @@ impl Driver {
                     }
                 }
                 HostAction::Exit(code) => {
+                    self.send_pending();
                     let unsent = self.to_client.wait_drained(EXIT_FLUSH_TIMEOUT).await;
                     if unsent > 0 {
                         log::warn!(
@@ -402,8 +402,29 @@ impl Driver {
                     // right after this returns.
                     return Step::Exit(code);
                 }
-                HostAction::Wait(deadline) => return Step::Wait(deadline),
+                HostAction::Wait(deadline) => {
+                    self.send_pending();
+                    return Step::Wait(deadline);
+                }
             }
+        }
+    }
+
+    /// Hands the messages gathered for each peer to its queue.
+    fn send_pending(&mut self) {
+        let (to_client, to_upstream) = self.pending.take();
+        if let Some(bytes) = to_upstream {
+            match &self.upstream {
+                Some(upstream) => upstream.stdin.push(bytes),
+                None => log::debug!(
+                    target: LOG_TARGET,
+                    "no upstream is running; dropping {} bytes for it",
+                    bytes.len()
+                ),
+            }
+        }
+        if let Some(bytes) = to_client {
+            self.to_client.push(bytes);
         }
     }
 }

@@ -156,3 +156,63 @@ impl GatewayHost {
         }
     }
 }
+
+/// The messages for each peer handed out while one input's actions are
+/// carried out, gathered so that each peer gets one write per chunk read,
+/// however many messages it held. A runtime adds every forward here and
+/// takes both out before any other action (closing the upstream's stdin
+/// must come after what was queued for it) and at the end.
+#[derive(Debug, Default)]
+pub struct PendingWrites {
+    to_client: Vec<u8>,
+    to_upstream: Vec<u8>,
+}
+
+impl PendingWrites {
+    /// Adds the bytes of a forward for the client.
+    pub fn to_client(&mut self, bytes: Vec<u8>) {
+        append(&mut self.to_client, bytes);
+    }
+
+    /// Adds the bytes of a forward for the upstream.
+    pub fn to_upstream(&mut self, bytes: Vec<u8>) {
+        append(&mut self.to_upstream, bytes);
+    }
+
+    /// Takes what was gathered: (for the client, for the upstream), each
+    /// `None` when nothing was.
+    pub fn take(&mut self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let take = |bytes: &mut Vec<u8>| (!bytes.is_empty()).then(|| std::mem::take(bytes));
+        (take(&mut self.to_client), take(&mut self.to_upstream))
+    }
+}
+
+/// Adds `bytes` to `pending`, taking the buffer itself when nothing is
+/// pending yet (the common case of one message, and the only copy-free one
+/// for a large message).
+fn append(pending: &mut Vec<u8>, bytes: Vec<u8>) {
+    if pending.is_empty() {
+        *pending = bytes;
+    } else {
+        pending.extend_from_slice(&bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_are_gathered_per_peer_in_order() {
+        let mut pending = PendingWrites::default();
+        assert_eq!(pending.take(), (None, None));
+        pending.to_upstream(b"a\n".to_vec());
+        pending.to_client(b"x\n".to_vec());
+        pending.to_upstream(b"b\n".to_vec());
+        assert_eq!(
+            pending.take(),
+            (Some(b"x\n".to_vec()), Some(b"a\nb\n".to_vec()))
+        );
+        assert_eq!(pending.take(), (None, None));
+    }
+}

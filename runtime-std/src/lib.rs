@@ -18,11 +18,11 @@
 //! [`gatekit_core::Output::Wait`]: audit records are written synchronously,
 //! so a record is in its file before the message it describes is even
 //! queued; the messages of one chunk then go to each peer as one write.
-//! (*) A write goes straight to the pipe when that cannot block (nothing
-//! queued, the pipe empty, the bytes fit); otherwise it is queued for the
-//! peer's writer thread, so a peer that stops reading never blocks the
-//! gateway. Once a queue holds more than a bound, the readers feeding it
-//! pause (see `pipes::QUEUE_BOUND`). A message thus crosses no thread
+//! (*) Once the lock is released, those bytes go straight to the pipe, as
+//! much of them as it takes without blocking (`RWF_NOWAIT`), when the
+//! peer's writer thread is idle; the rest is left to the writer thread, so
+//! a peer that stops reading never blocks the gateway. Once a queue holds
+//! a bound's worth, the readers feeding it pause (see `pipes::QUEUE_BOUND`). A message thus crosses no thread
 //! boundary inside the gateway on its way, as with a bare byte relay.
 //!
 //! The main thread runs the gateway's timer, feeds the rare events
@@ -55,7 +55,7 @@ pub use process::UpstreamCommand;
 
 use audit_files::AuditFiles;
 use gatekit_core::{Gateway, Input};
-use host::{GatewayHost, HostAction, HostEvent};
+use host::{GatewayHost, HostAction, HostEvent, PendingWrites};
 use jiff::Timestamp;
 use pipes::OutputQueue;
 use process::ProcessGroup;
@@ -171,8 +171,7 @@ where
         host: GatewayHost::new(gateway, audit, recorder),
         to_client,
         upstream: None,
-        pending_to_client: Vec::new(),
-        pending_to_upstream: Vec::new(),
+        pending: PendingWrites::default(),
         pushed_to_client: false,
         pushed_to_upstream: false,
     };
@@ -366,11 +365,8 @@ struct Driver {
     host: GatewayHost,
     to_client: Arc<OutputQueue>,
     upstream: Option<Upstream>,
-    /// Messages for each peer handed out while carrying out one input's
-    /// actions, written together at the end: one write per peer per chunk
-    /// read, however many messages it held.
-    pending_to_client: Vec<u8>,
-    pending_to_upstream: Vec<u8>,
+    /// Messages for each peer from one input's actions, queued together.
+    pending: PendingWrites,
     /// Pushed to since the queues were last sent.
     pushed_to_client: bool,
     pushed_to_upstream: bool,
@@ -399,8 +395,8 @@ impl Driver {
     fn carry_out_actions(&mut self) -> Step {
         loop {
             match self.host.next_action() {
-                HostAction::ToClient(bytes) => append(&mut self.pending_to_client, bytes),
-                HostAction::ToUpstream(bytes) => append(&mut self.pending_to_upstream, bytes),
+                HostAction::ToClient(bytes) => self.pending.to_client(bytes),
+                HostAction::ToUpstream(bytes) => self.pending.to_upstream(bytes),
                 HostAction::CloseUpstreamInput => {
                     self.send_pending();
                     if let Some(upstream) = &self.upstream {
@@ -455,8 +451,8 @@ impl Driver {
 
     /// Hands the messages gathered for each peer to its queue.
     fn send_pending(&mut self) {
-        if !self.pending_to_upstream.is_empty() {
-            let bytes = std::mem::take(&mut self.pending_to_upstream);
+        let (to_client, to_upstream) = self.pending.take();
+        if let Some(bytes) = to_upstream {
             match &self.upstream {
                 Some(upstream) => {
                     upstream.stdin.push(bytes);
@@ -469,9 +465,8 @@ impl Driver {
                 ),
             }
         }
-        if !self.pending_to_client.is_empty() {
-            self.to_client
-                .push(std::mem::take(&mut self.pending_to_client));
+        if let Some(bytes) = to_client {
+            self.to_client.push(bytes);
             self.pushed_to_client = true;
         }
     }
@@ -488,17 +483,6 @@ impl Outlets {
         for queue in [&self.to_upstream, &self.to_client].into_iter().flatten() {
             queue.send();
         }
-    }
-}
-
-/// Adds `bytes` to `pending`, taking the buffer itself when nothing is
-/// pending yet (the common case of one message, and the only copy-free one
-/// for a large message).
-fn append(pending: &mut Vec<u8>, bytes: Vec<u8>) {
-    if pending.is_empty() {
-        *pending = bytes;
-    } else {
-        pending.extend_from_slice(&bytes);
     }
 }
 

@@ -3,11 +3,13 @@
 //! Every read that may block happens on a thread of its own. Readers hand
 //! chunks to a callback (which feeds the gateway); writers take from an
 //! [`OutputQueue`] that the gateway's side fills without ever waiting. When
-//! the queue is idle and its pipe empty, a push is written straight to the
-//! pipe instead, which cannot block then, and saves waking the writer. Backpressure goes the other way: a reader waits, before its next
-//! read, while a queue it feeds holds more than [`QUEUE_BOUND`] bytes, so a
-//! peer that stops reading slows down the peer that writes to it instead of
-//! growing the gateway's memory.
+//! the queue's writer is idle, [`OutputQueue::send`] writes what was pushed
+//! straight to the pipe, as much as it takes without blocking
+//! ([`DirectPipe`]), and leaves only the rest to the writer. Backpressure
+//! goes the other way: a reader waits, before its next read, while a queue
+//! it feeds holds [`QUEUE_BOUND`] bytes or more, so a peer that stops
+//! reading slows down the peer that writes to it instead of growing the
+//! gateway's memory.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -24,7 +26,7 @@ const LOG_TARGET: &str = "gatekit.proxy.server";
 /// so one read usually empties it.
 pub const READ_CHUNK: usize = 64 * 1024;
 
-/// Bytes queued for a peer above which the readers feeding that queue stop
+/// Bytes queued for a peer at which the readers feeding that queue stop
 /// reading until it drains.
 ///
 /// Large enough that ordinary bursts (a long `tools/list`, a file's contents
@@ -124,7 +126,15 @@ impl DirectPipe {
 }
 
 /// `write(2)` that never blocks: pwritev2 at the current position with
+/// `RWF_NOWAIT`. EAGAIN when the pipe is full; EOPNOTSUPP off Linux.
+#[cfg(not(target_os = "linux"))]
+fn write_nowait(_: &File, _: &[u8]) -> io::Result<usize> {
+    Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+}
+
+/// `write(2)` that never blocks: pwritev2 at the current position with
 /// `RWF_NOWAIT`. EAGAIN when the pipe is full.
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn write_nowait(pipe: &File, bytes: &[u8]) -> io::Result<usize> {
     let iov = libc::iovec {
@@ -210,7 +220,7 @@ impl OutputQueue {
         self.changed.notify_all();
     }
 
-    /// Blocks while more than [`QUEUE_BOUND`] bytes wait to be written.
+    /// Blocks while [`QUEUE_BOUND`] bytes or more wait to be written.
     pub(crate) fn wait_below_bound(&self) {
         let mut state = self.lock();
         while state.queued_bytes >= QUEUE_BOUND && !state.dead {
@@ -301,7 +311,15 @@ impl OutputQueue {
     }
 }
 
+/// The capacity of the pipe `fd`, or `None` when it is not a pipe (or the
+/// system cannot tell: writing straight to pipes is then left out).
+#[cfg(not(target_os = "linux"))]
+fn pipe_capacity(_: &OwnedFd) -> Option<usize> {
+    None
+}
+
 /// The capacity of the pipe `fd`, or `None` when it is not a pipe.
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn pipe_capacity(fd: &OwnedFd) -> Option<usize> {
     // SAFETY: fcntl(F_GETPIPE_SZ) reads a property of a descriptor we own;
@@ -310,12 +328,16 @@ fn pipe_capacity(fd: &OwnedFd) -> Option<usize> {
     usize::try_from(size).ok().filter(|&size| size > 0)
 }
 
-/// How large the gateway asks its pipes to be (Linux allows an
-/// unprivileged process up to 1 MiB, `/proc/sys/fs/pipe-max-size`). With
-/// the default 64 KiB, a large message crosses a pipe in 64 KiB steps, each
-/// a wake-up of the other side; 16 times fewer steps make a 10 MiB message
-/// pass markedly faster, and a pipe only takes the memory it holds.
-pub const PIPE_SIZE: usize = 1024 * 1024;
+/// How large the gateway asks its four pipes to be. With the default
+/// 64 KiB, a large message crosses a pipe in 64 KiB steps, each a wake-up
+/// of the other side. Larger helps little beyond this (measured: 10 MiB
+/// echoes at 116, 122 and 126 MiB/s with 64 KiB, 256 KiB and 1 MiB pipes)
+/// and costs more than it seems: Linux charges a pipe's size, not what it
+/// holds, to its user's pipe quota (`/proc/sys/fs/pipe-user-pages-soft`,
+/// 64 MiB by default), and a user over it gets small pipes everywhere. A
+/// desktop client runs a gateway per MCP server, so each takes 1 MiB of the
+/// quota, not 4.
+pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// Asks for [`PIPE_SIZE`] bytes of room in the pipe `fd`. Best effort: not
 /// a pipe, a lower system limit or a user over its pipe quota all leave the
@@ -324,7 +346,10 @@ pub const PIPE_SIZE: usize = 1024 * 1024;
 pub fn enlarge_pipe(fd: &impl AsRawFd) {
     // SAFETY: fcntl(F_SETPIPE_SZ) changes a property of an open
     // descriptor; no memory is passed. Non-pipes fail with EBADF/EINVAL.
+    #[cfg(target_os = "linux")]
     let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
 }
 
 /// Whether `fd` is in non-blocking mode (O_NONBLOCK).
