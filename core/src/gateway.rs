@@ -5,6 +5,7 @@ use crate::audit::{
 };
 use crate::config::{AuditingPlugin, Config, FileAuditingConfig, Limits, SecurityPlugin};
 use crate::framing::{Frame, LineFramer};
+use crate::json_walk::{skip_ws, string_end, value_end};
 use crate::jsonrpc::{
     self, error_response, parse_message, Message, Outcome, Rejection, RequestId, Shape,
 };
@@ -1595,60 +1596,6 @@ fn call_members(params: &str) -> Option<(Option<&str>, Option<&str>)> {
         }
     }
     (skip_ws(b, i + 1) == b.len()).then_some((name, arguments))
-}
-
-/// The index of the first byte at or after `i` that is not JSON whitespace.
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
-        i += 1;
-    }
-    i
-}
-
-/// For the string whose contents start at `i` in valid JSON: the index of
-/// its closing quote, and whether it has an escape.
-fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
-    let mut escaped = false;
-    loop {
-        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        if b[i] == b'"' {
-            return Some((i, escaped));
-        }
-        escaped = true;
-        i += 2; // the backslash and the character it escapes
-    }
-}
-
-/// The end of the value starting at `i` in valid JSON.
-fn value_end(b: &[u8], i: usize) -> Option<usize> {
-    match *b.get(i)? {
-        b'"' => Some(string_end(b, i + 1)?.0 + 1),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match *b.get(j)? {
-                    b'"' => j = string_end(b, j + 1)?.0,
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        _ => {
-            let len = b[i..]
-                .iter()
-                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
-                .unwrap_or(b.len() - i);
-            (len > 0).then_some(i + len)
-        }
-    }
 }
 
 /// The text of a JSON string value, or `None` if `raw` is not a string.

@@ -5,6 +5,7 @@
 //! members it needs (`id`, `method`, the tool name) to decide.
 
 use crate::json_scan::{EnvelopeSpans, ToolsIndex};
+use crate::json_walk::{skip_ws, string_end, value_end};
 use crate::strict_json::{check_strict, JsonProblem};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -569,7 +570,10 @@ pub(crate) fn sniff(prefix: &[u8]) -> (Option<RequestId>, Shape) {
 fn next_member(text: &str, i: usize) -> Option<(String, Option<&str>, Option<usize>)> {
     let bytes = text.as_bytes();
     let i = skip_ws(bytes, i);
-    let key_end = string_end(bytes, i)?;
+    if bytes.get(i) != Some(&b'"') {
+        return None;
+    }
+    let key_end = string_end(bytes, i + 1)?.0 + 1;
     let key: String = serde_json::from_str(&text[i..key_end]).ok()?;
     let i = skip_ws(bytes, key_end);
     if bytes.get(i) != Some(&b':') {
@@ -582,64 +586,6 @@ fn next_member(text: &str, i: usize) -> Option<(String, Option<&str>, Option<usi
     let after = skip_ws(bytes, end);
     let next = (bytes.get(after) == Some(&b',')).then_some(after + 1);
     Some((key, Some(&text[start..end]), next))
-}
-
-fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
-    while matches!(bytes.get(i), Some(b' ' | b'\t' | b'\r' | b'\n')) {
-        i += 1;
-    }
-    i
-}
-
-/// End (exclusive) of the string literal starting at `i`.
-fn string_end(bytes: &[u8], i: usize) -> Option<usize> {
-    if bytes.get(i) != Some(&b'"') {
-        return None;
-    }
-    let mut j = i + 1;
-    while j < bytes.len() {
-        match bytes[j] {
-            b'\\' => j += 2,
-            b'"' => return Some(j + 1),
-            _ => j += 1,
-        }
-    }
-    None
-}
-
-/// End (exclusive) of the JSON value starting at `i`, if it ends in `bytes`.
-fn value_end(bytes: &[u8], i: usize) -> Option<usize> {
-    match bytes.get(i)? {
-        b'"' => string_end(bytes, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            while j < bytes.len() {
-                match bytes[j] {
-                    b'"' => {
-                        j = string_end(bytes, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-            None
-        }
-        _ => {
-            let len = bytes[i..]
-                .iter()
-                .position(|b| matches!(b, b',' | b'}' | b' ' | b'\t' | b'\r' | b'\n'))?;
-            Some(i + len)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,7 @@ pub mod config;
 mod framing;
 mod gateway;
 mod json_scan;
+mod json_walk;
 pub mod jsonrpc;
 mod output_queue;
 mod policy;
