@@ -703,6 +703,15 @@ fn the_gateway_shuts_down_when_its_parent_dies() {
     check_no_survivors(&processes);
 }
 
+/// An upstream (a shell script) that answers the first request with a
+/// 3 MB result, then runs `then` (or exits).
+fn big_answer_upstream(then: &str) -> Vec<String> {
+    let script = format!(
+        r#"read line; printf '{{"jsonrpc":"2.0","id":1,"result":{{"content":[{{"type":"text","text":"'; head -c 3000000 /dev/zero | tr '\0' a; printf '"}}]}}}}\n'{then}"#
+    );
+    vec!["sh".into(), "-c".into(), script]
+}
+
 /// The upstream answers with a large message and exits while the client is
 /// busy and not reading. The gateway decides to exit as soon as its reader
 /// sees the end, then waits (at most a second) for the client to take the
@@ -716,9 +725,7 @@ fn an_exit_decided_while_the_client_is_slow_to_read_still_happens() {
     use std::time::Instant;
 
     let dir = TempDir::new("slow-reader-exit");
-    let script = r#"read line; printf '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"'; head -c 3000000 /dev/zero | tr '\0' a; printf '"}]}}\n'"#;
-    let config =
-        GatewayConfig::new(vec!["sh".into(), "-c".into(), script.into()]).write(dir.path());
+    let config = GatewayConfig::new(big_answer_upstream("")).write(dir.path());
     let mut gateway = gateway_command(&config)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -774,9 +781,7 @@ fn stdin_and_stdout_on_one_socket_carry_a_large_answer_whole() {
     use std::process::Stdio;
 
     let dir = TempDir::new("one-socket");
-    let script = r#"read line; printf '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"'; head -c 3000000 /dev/zero | tr '\0' a; printf '"}]}}\n'; exec cat >/dev/null"#;
-    let config =
-        GatewayConfig::new(vec!["sh".into(), "-c".into(), script.into()]).write(dir.path());
+    let config = GatewayConfig::new(big_answer_upstream("; exec cat >/dev/null")).write(dir.path());
     let (mut client, theirs) = UnixStream::pair().expect("a socket pair");
     let theirs = OwnedFd::from(theirs);
     let mut gateway = gateway_command(&config)
