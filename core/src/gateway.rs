@@ -106,7 +106,10 @@ pub enum Output {
     ToClient(Vec<u8>),
     /// Write these bytes (whole lines) to the upstream's stdin.
     ToUpstream(Vec<u8>),
-    /// Append to an audit file (rotating first if asked).
+    /// Append to an audit file (rotating first if asked). The records of one
+    /// input share one write per file, ahead of the messages they describe
+    /// (a record over 64 KiB gets a write of its own); if the write fails,
+    /// report it with [`Input::AuditWriteFailed`] before the next poll.
     Audit(AuditWrite),
     /// Close the upstream's stdin: the polite way to ask an MCP server to stop.
     CloseUpstreamInput,
