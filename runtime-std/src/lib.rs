@@ -276,20 +276,8 @@ where
                 return Ok(1);
             }
         };
-        let mut state = shared.lock();
-        if let Step::Exit(_) = state.step {
-            // A reader made the gateway exit after the step was read above;
-            // the core ignores everything from then on, and its answer
-            // (`Wait`) must not undo the exit.
-            continue;
-        }
-        if let Some(driver) = state.driver.as_mut() {
-            let step = driver.handle_event(event);
-            let outlets = driver.outlets();
-            state.step = step;
-            drop(state);
-            outlets.send();
-        }
+        // Nothing happens if a reader made the gateway exit meanwhile.
+        shared.feed(|driver| driver.handle_event(event));
     }
 }
 
@@ -325,26 +313,38 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Feeds the gateway from a reader thread. Returns false once the
+    /// Feeds the gateway under the lock, then sends what it queued for the
+    /// peers once the lock is released. Returns the steps before and after,
+    /// or `None` (feeding nothing) once the gateway has exited: the core
+    /// ignores everything from then on, and its answer (`Wait`) must not
+    /// undo the exit. The one way in for the readers and the main thread
+    /// alike.
+    fn feed(&self, feed: impl FnOnce(&mut Driver) -> Step) -> Option<(Step, Step)> {
+        let mut state = self.lock();
+        let before = state.step;
+        if let Step::Exit(_) = before {
+            return None;
+        }
+        let driver = state.driver.as_mut()?;
+        let after = feed(driver);
+        let outlets = driver.outlets();
+        state.step = after;
+        drop(state);
+        outlets.send();
+        Some((before, after))
+    }
+
+    /// Feeds the gateway from a reader thread, and wakes the main thread
+    /// when its timer or the exit needs a look. Returns false once the
     /// gateway has exited, which ends the reader.
     fn feed_from_reader(
         &self,
         wake: &SyncSender<Wake>,
         feed: impl FnOnce(&mut Driver) -> Step,
     ) -> bool {
-        let mut state = self.lock();
-        let before = state.step;
-        if let Step::Exit(_) = before {
-            return false;
-        }
-        let Some(driver) = state.driver.as_mut() else {
+        let Some((before, after)) = self.feed(feed) else {
             return false;
         };
-        let after = feed(driver);
-        let outlets = driver.outlets();
-        state.step = after;
-        drop(state);
-        outlets.send();
         let look_again = match (before, after) {
             (_, Step::Exit(_)) => true,
             (Step::Wait(Some(old)), Step::Wait(Some(new))) => new < old,
