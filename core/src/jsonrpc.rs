@@ -9,6 +9,7 @@ use crate::json_walk::{skip_ws, string_end, value_end};
 use crate::strict_json::{check_strict, JsonProblem};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 
 /// JSON-RPC error code for unparseable JSON.
@@ -58,17 +59,25 @@ impl RequestId {
     /// Appends the id as JSON.
     pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
         match self {
-            RequestId::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            RequestId::Number(n) => out.extend_from_slice(decimal(*n).as_bytes()),
             RequestId::String(s) => write_json_string(out, s),
+        }
+    }
+
+    /// The id as audit records show it ([`Display`](fmt::Display)),
+    /// borrowed for a string id; digits are written without the
+    /// formatting machinery.
+    pub(crate) fn text(&self) -> Cow<'_, str> {
+        match self {
+            RequestId::String(s) => Cow::Borrowed(s),
+            RequestId::Number(n) => Cow::Owned(decimal(*n)),
         }
     }
 
     pub(crate) fn from_raw(raw: &RawValue) -> Option<RequestId> {
         let text = raw.get();
         if text.starts_with('"') {
-            return serde_json::from_str::<String>(text)
-                .ok()
-                .map(RequestId::String);
+            return json_string(raw).map(RequestId::String);
         }
         if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
             return text.parse::<i128>().ok().and_then(|n| {
@@ -78,6 +87,26 @@ impl RequestId {
         }
         None
     }
+}
+
+/// `n` in decimal, as `Display` writes it.
+fn decimal(n: i128) -> String {
+    let mut digits = [0u8; 40];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    digits[at..].iter().map(|&d| char::from(d)).collect()
 }
 
 /// Outcome carried by a response.
@@ -95,11 +124,11 @@ pub(crate) enum Outcome {
 pub(crate) enum Message<'a> {
     Request {
         id: RequestId,
-        method: String,
+        method: Cow<'a, str>,
         params: Option<&'a RawValue>,
     },
     Notification {
-        method: String,
+        method: Cow<'a, str>,
         params: Option<&'a RawValue>,
     },
     Response {
@@ -366,23 +395,24 @@ fn classify<'a>(
     env: Envelope<'a>,
     tools: Option<ToolsIndex>,
 ) -> Result<Message<'a>, Rejection> {
-    let method = env.method.map(|raw| json_string(raw).ok_or(raw));
+    let method = env.method.map(|raw| json_str(raw).ok_or(raw));
     let id = env.id.map(|raw| RequestId::from_raw(raw).ok_or(raw));
-    let readable_id = id.clone().and_then(Result::ok);
-    let readable_method = method.clone().and_then(Result::ok);
     let shape = Shape::of(
         env.method.is_some(),
         env.id.is_some(),
         env.result.is_some() || env.error.is_some(),
     );
+    // Copies for a refusal; a borrowed method is only copied if refused.
+    let readable_id = id.clone().and_then(Result::ok);
+    let readable_method = method.clone().and_then(Result::ok);
     let invalid = |reason: &str| Rejection {
         code: INVALID_REQUEST,
         reason: reason.to_owned(),
         id: readable_id.clone(),
-        method: readable_method.clone(),
+        method: readable_method.clone().map(Cow::into_owned),
         shape,
     };
-    if env.jsonrpc.and_then(json_string).as_deref() != Some("2.0") {
+    if env.jsonrpc.and_then(json_str).as_deref() != Some("2.0") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));
     }
     if let Some(Err(_)) = &id {
@@ -453,13 +483,51 @@ fn parse_error_object(raw: &RawValue) -> Outcome {
     }
 }
 
+/// Methods a gateway sees all the time, kept by the in-flight tables
+/// without a copy (see [`owned_method`]).
+const COMMON_METHODS: [&str; 16] = [
+    "tools/call",
+    "tools/list",
+    "ping",
+    "initialize",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "server/discover",
+    "resources/subscribe",
+];
+
+/// `method` as the in-flight tables keep it, until the response: one of
+/// the common methods is borrowed from a fixed list, any other is copied.
+pub(crate) fn owned_method(method: &str) -> Cow<'static, str> {
+    match COMMON_METHODS.iter().find(|m| **m == method) {
+        Some(common) => Cow::Borrowed(common),
+        None => Cow::Owned(method.to_owned()),
+    }
+}
+
 /// Decodes a raw JSON value if it is a string (escapes resolved).
 pub(crate) fn json_string(raw: &RawValue) -> Option<String> {
-    if raw.get().starts_with('"') {
-        serde_json::from_str(raw.get()).ok()
-    } else {
-        None
+    json_str(raw).map(Cow::into_owned)
+}
+
+/// [`json_string`], borrowed from the raw text when the string has no
+/// escapes (a raw value is valid JSON, so its text between the quotes is
+/// then the string itself): methods, names and ids nearly always.
+pub(crate) fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
     }
+    serde_json::from_str(text).ok().map(Cow::Owned)
 }
 
 /// Appends `s` as a JSON string literal, exactly as serde_json writes it.
@@ -591,6 +659,40 @@ fn next_member(text: &str, i: usize) -> Option<(String, Option<&str>, Option<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_read_as_display_writes_them() {
+        let edges = [
+            0,
+            7,
+            -1,
+            10,
+            -10,
+            1234567890,
+            i128::from(i64::MIN),
+            i128::from(u64::MAX),
+        ];
+        for n in edges {
+            let id = RequestId::Number(n);
+            assert_eq!(id.text(), id.to_string());
+        }
+        let id = RequestId::String("a\"b".into());
+        assert!(matches!(id.text(), Cow::Borrowed("a\"b")));
+    }
+
+    #[test]
+    fn strings_are_borrowed_unless_they_have_escapes() {
+        let raw = |s: &'static str| serde_json::from_str::<&RawValue>(s).expect("JSON");
+        assert!(matches!(
+            json_str(raw(r#""tools/call""#)),
+            Some(Cow::Borrowed("tools/call"))
+        ));
+        assert!(matches!(json_str(raw(r#""""#)), Some(Cow::Borrowed(""))));
+        assert_eq!(json_str(raw(r#""a\u0062\"c""#)).as_deref(), Some("ab\"c"));
+        assert_eq!(json_str(raw("17")), None);
+        assert!(matches!(owned_method("tools/call"), Cow::Borrowed(_)));
+        assert_eq!(owned_method("x/y"), "x/y");
+    }
 
     fn rejected(line: &str) -> Rejection {
         parse_message(line.as_bytes()).expect_err("must be rejected")

@@ -6,6 +6,7 @@
 
 use crate::audit::PluginMetadata;
 use crate::config::{ListMode, ToolAllowlistConfig};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// The `tool_allowlist` plugin.
@@ -78,7 +79,7 @@ fn by_length(a: &str, b: &str) -> Ordering {
 pub(crate) enum CallDecision {
     /// Every policy allowed it. `checks` lists `plugin:ALLOWED` per policy.
     Allowed {
-        checks: Vec<String>,
+        checks: Checks,
         plugin: Option<&'static str>,
     },
     /// A policy blocked it (or could not decide, which blocks too).
@@ -87,8 +88,31 @@ pub(crate) enum CallDecision {
         reason: String,
         block_message: String,
         metadata: PluginMetadata<'static>,
-        checks: Vec<String>,
+        checks: Checks,
     },
+}
+
+/// The `plugin:DECISION` list of a decision, in policy order: a fixed list
+/// for the usual single policy, so deciding an allowed call allocates
+/// nothing.
+pub(crate) type Checks = Cow<'static, [&'static str]>;
+
+/// A check that let the call through.
+const ALLOWED_CHECK: &str = "tool_allowlist:ALLOWED";
+/// The check that stopped it.
+const BLOCKED_CHECK: &str = "tool_allowlist:BLOCKED";
+
+/// `checks` followed by `last`: borrowed while the list is that one check.
+fn with_check(checks: Checks, last: &'static str) -> Checks {
+    if checks.is_empty() {
+        return Cow::Borrowed(match last {
+            ALLOWED_CHECK => &[ALLOWED_CHECK],
+            _ => &[BLOCKED_CHECK],
+        });
+    }
+    let mut checks = checks.into_owned();
+    checks.push(last);
+    Cow::Owned(checks)
 }
 
 /// All configured security policies, applied in configuration order.
@@ -116,17 +140,17 @@ impl SecurityPolicies {
     /// Decides a `tools/call` whose tool name was read as `tool`, or could
     /// not be read (`Err(why)`): a call the policy cannot judge is blocked.
     pub(crate) fn decide_call(&self, tool: Result<&str, &str>) -> CallDecision {
-        let mut checks = Vec::with_capacity(self.allowlists.len());
+        let mut checks: Checks = Cow::Borrowed(&[]);
         for policy in &self.allowlists {
             let reason = match tool {
                 Ok(name) if policy.permits(name) => {
-                    checks.push(format!("{TOOL_ALLOWLIST}:ALLOWED"));
+                    checks = with_check(checks, ALLOWED_CHECK);
                     continue;
                 }
                 Ok(name) => policy.denial_reason(name),
                 Err(why) => format!("Cannot determine the tool name ({why}); blocked because the policy cannot decide"),
             };
-            checks.push(format!("{TOOL_ALLOWLIST}:BLOCKED"));
+            checks = with_check(checks, BLOCKED_CHECK);
             return CallDecision::Blocked {
                 plugin: TOOL_ALLOWLIST,
                 reason,
@@ -233,8 +257,8 @@ mod tests {
             CallDecision::Blocked { reason, checks, .. } => {
                 assert_eq!(reason, "Tool 'b' is in blocklist");
                 assert_eq!(
-                    checks,
-                    vec!["tool_allowlist:ALLOWED", "tool_allowlist:BLOCKED"]
+                    *checks,
+                    ["tool_allowlist:ALLOWED", "tool_allowlist:BLOCKED"]
                 );
             }
             other => panic!("{other:?}"),
@@ -244,5 +268,20 @@ mod tests {
             CallDecision::Blocked { .. }
         ));
         assert!(!policies.permits_tool("b"));
+    }
+
+    #[test]
+    fn the_fixed_checks_name_the_plugin() {
+        assert_eq!(ALLOWED_CHECK, format!("{TOOL_ALLOWLIST}:ALLOWED"));
+        assert_eq!(BLOCKED_CHECK, format!("{TOOL_ALLOWLIST}:BLOCKED"));
+        let one = SecurityPolicies::new(vec![allowlist(ListMode::Allowlist, &["a"])]);
+        match one.decide_call(Ok("a")) {
+            CallDecision::Allowed { checks, .. } => assert_eq!(*checks, [ALLOWED_CHECK]),
+            other => panic!("{other:?}"),
+        }
+        match one.decide_call(Ok("b")) {
+            CallDecision::Blocked { checks, .. } => assert_eq!(*checks, [BLOCKED_CHECK]),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -48,7 +48,7 @@ pub(super) fn format(record: &AuditRecord<'_>, config: &CsvConfig, out: &mut Vec
         (record.tool.as_deref(), false),
         (record.status, false),
         (record.request_id.as_deref(), false),
-        (record.plugin.as_deref(), false),
+        (record.plugin, false),
         (record.reason.as_deref(), false),
         (duration.as_deref(), true),
         (record.server_name.as_deref(), false),
@@ -151,7 +151,7 @@ mod tests {
         r.tool = Some("list_directory".into());
         r.status = Some("ALLOWED");
         r.request_id = Some("123".into());
-        r.plugin = Some("tool_allowlist".into());
+        r.plugin = Some("tool_allowlist");
         r.reason = Some("Request approved".into());
         r
     }

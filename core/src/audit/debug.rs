@@ -113,9 +113,9 @@ mod tests {
         request.method = Some("tools/call".into());
         request.tool = Some("list_directory".into());
         request.status = Some("ALLOWED");
-        request.plugin = Some("tool_allowlist".into());
+        request.plugin = Some("tool_allowlist");
         request.params = Some(r#"{"path": "/Users/username/claude-sandbox"}"#);
-        request.security_checks = vec!["tool_allowlist:ALLOWED".into()];
+        request.security_checks = vec!["tool_allowlist:ALLOWED"].into();
         let mut out = Vec::new();
         format(&request, &mut out);
         assert_eq!(

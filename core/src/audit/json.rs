@@ -19,7 +19,7 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     if let Some(ms) = record.duration_ms {
         obj.raw("duration_ms", ms.to_string().as_bytes());
     }
-    obj.opt_string("plugin", record.plugin.as_deref());
+    obj.opt_string("plugin", record.plugin);
     obj.opt_string("reason", record.reason.as_deref());
     if let Some(meta) = &record.plugin_metadata {
         obj.key("plugin_metadata");
@@ -156,7 +156,7 @@ mod tests {
         record.tool = Some("delete_file".into());
         record.status = Some("BLOCKED");
         record.request_id = Some("124".into());
-        record.plugin = Some("tool_allowlist".into());
+        record.plugin = Some("tool_allowlist");
         record.reason = Some("Tool 'delete_file' is not in allowlist".into());
         record.plugin_metadata = Some(PluginMetadata::Mode("allowlist"));
         let mut out = Vec::new();

@@ -6,27 +6,28 @@
 //! `grep "REQUEST: tools/call - write_file"` style searches keep working.
 
 use super::{AuditRecord, EventType};
+use std::borrow::Cow;
 
 /// Appends `record` as one line.
 pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
-    let mut parts: Vec<String> = Vec::with_capacity(6);
+    let mut parts: Vec<Cow<'_, str>> = Vec::with_capacity(6);
     match record.event_type {
         EventType::Request => {
             parts.extend(record.method.clone());
             parts.extend(record.tool.clone());
-            parts.extend(record.status.map(str::to_owned));
+            parts.extend(record.status.map(Cow::Borrowed));
         }
         EventType::Response => {
-            parts.extend(record.status.map(str::to_owned));
+            parts.extend(record.status.map(Cow::Borrowed));
             parts.extend(record.method.clone());
             parts.extend(record.tool.clone());
             if let Some(ms) = record.duration_ms {
-                parts.push(format!("{ms} ms"));
+                parts.push(Cow::Owned(format!("{ms} ms")));
             }
             if let Some(message) = &record.error_message {
                 match record.error_code {
-                    Some(code) => parts.push(format!("error {code}: {message}")),
-                    None => parts.push(format!("error: {message}")),
+                    Some(code) => parts.push(Cow::Owned(format!("error {code}: {message}"))),
+                    None => parts.push(Cow::Owned(format!("error: {message}"))),
                 }
             }
         }
@@ -36,18 +37,18 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
                 _ => record.method.clone(),
             };
             parts.extend(subject);
-            let plugin = record.plugin.as_deref().unwrap_or("gateway");
-            parts.push(format!(
+            let plugin = record.plugin.unwrap_or("gateway");
+            parts.push(Cow::Owned(format!(
                 "[{plugin}] {}",
                 record.reason.as_deref().unwrap_or("")
-            ));
+            )));
         }
         EventType::Notification => {
             parts.extend(record.method.clone());
-            parts.push(format!("from {}", record.source.as_str()));
+            parts.push(Cow::Owned(format!("from {}", record.source.as_str())));
         }
         EventType::ProtocolError => {
-            parts.push(format!("from {}", record.source.as_str()));
+            parts.push(Cow::Owned(format!("from {}", record.source.as_str())));
             parts.extend(record.reason.clone());
         }
         EventType::Timeout => {
@@ -127,7 +128,7 @@ mod tests {
 
         let mut block = at(EventType::SecurityBlock);
         block.tool = Some("delete_file".into());
-        block.plugin = Some("tool_allowlist".into());
+        block.plugin = Some("tool_allowlist");
         block.reason = Some("Tool 'delete_file' is not in allowlist".into());
         block.request_id = Some("124".into());
         assert_eq!(

@@ -13,6 +13,7 @@ use crate::config::{AuditFormat, AuditMode, CsvConfig, FileAuditingConfig};
 use crate::rotation::RotationPlan;
 use jiff::Timestamp;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// What happened. The names are part of the audit format's public contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -93,7 +94,10 @@ impl Source {
 /// `'a` is the lifetime of the message the record describes: the recorded
 /// params are borrowed from it, since they can be as large as the message
 /// (a 10 MiB tool argument is then copied once, into the audit line, not
-/// twice).
+/// twice). Method, tool, id and reason are borrowed too where they can be
+/// (from the message, the pending request or a fixed text), and the peer
+/// names are shared: a record is made for every message, and allocating a
+/// copy of each field was most of the core's per-message allocations.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord<'a> {
     /// When the gateway saw the event (the `now` it was given).
@@ -104,25 +108,25 @@ pub struct AuditRecord<'a> {
     pub source: Source,
     /// The name the sender gave in the `initialize` handshake
     /// (`clientInfo.name` or `serverInfo.name`), once known.
-    pub source_name: Option<String>,
+    pub source_name: Option<Arc<str>>,
     /// JSON-RPC method of the message (or of the request a response answers).
-    pub method: Option<String>,
+    pub method: Option<Cow<'a, str>>,
     /// Tool name, for `tools/call` and its response.
-    pub tool: Option<String>,
+    pub tool: Option<Cow<'a, str>>,
     /// `ALLOWED`/`BLOCKED` for requests, `success`/`error` for responses.
     pub status: Option<&'static str>,
     /// The JSON-RPC id, as text.
-    pub request_id: Option<String>,
+    pub request_id: Option<Cow<'a, str>>,
     /// Milliseconds from forwarding a request to receiving its response.
     pub duration_ms: Option<u64>,
     /// The plugin that decided.
-    pub plugin: Option<String>,
+    pub plugin: Option<&'static str>,
     /// Why it decided so, or what went wrong.
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'a, str>>,
     /// Plugin-specific details, written as a JSON object.
     pub plugin_metadata: Option<PluginMetadata<'a>>,
     /// The upstream's configured name.
-    pub server_name: Option<String>,
+    pub server_name: Option<Arc<str>>,
     /// The request's parameters as the client sent them (raw JSON text;
     /// for `tools/call`, the tool's `arguments`).
     pub params: Option<&'a str>,
@@ -131,7 +135,7 @@ pub struct AuditRecord<'a> {
     /// JSON-RPC error message of an error response.
     pub error_message: Option<String>,
     /// Security checks that ran on a request, as `plugin:DECISION`.
-    pub security_checks: Vec<String>,
+    pub security_checks: Cow<'static, [&'static str]>,
 }
 
 /// What a security plugin adds to its record, as typed data rather than a
@@ -169,7 +173,7 @@ impl AuditRecord<'_> {
             params: None,
             error_code: None,
             error_message: None,
-            security_checks: Vec::new(),
+            security_checks: Cow::Borrowed(&[]),
         }
     }
 }
@@ -309,7 +313,7 @@ mod tests {
             EventType::Request,
             Source::Client,
         );
-        record.method = Some("tools/call".to_owned());
+        record.method = Some("tools/call".into());
         record.params = Some(&params);
         for (format, holds_params) in [
             ("json", true),
