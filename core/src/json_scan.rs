@@ -331,7 +331,7 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
 /// The keys of the open objects, for finding repeats.
 struct Keys<'a> {
     /// Keys of all open objects, outermost first.
-    keys: Vec<&'a [u8]>,
+    keys: KeyStack<'a>,
     /// `start[d]`: where the keys of the object at depth d + 1 begin.
     start: [usize; SCAN_DEPTH],
     /// Objects with many keys, innermost last, with their depth.
@@ -344,7 +344,7 @@ struct Keys<'a> {
 impl<'a> Keys<'a> {
     fn new() -> Self {
         Keys {
-            keys: Vec::with_capacity(32),
+            keys: KeyStack::new(),
             start: [0; SCAN_DEPTH],
             sets: Vec::new(),
             set_depth: usize::MAX,
@@ -392,7 +392,7 @@ impl<'a> Keys<'a> {
             self.keys.push(key);
         } else {
             let first = self.start[depth - 1];
-            let mine = &self.keys[first..];
+            let mine = self.keys.from(first);
             for k in mine {
                 // Different keys of one length usually differ in their last
                 // byte too: compared inline before the library call.
@@ -409,7 +409,7 @@ impl<'a> Keys<'a> {
             }
             self.keys.push(key);
             if self.keys.len() - first > LINEAR_SCAN_KEYS {
-                let set = self.keys.drain(first..).collect();
+                let set = self.keys.drain_from(first);
                 self.sets.push((depth, set));
                 self.set_depth = depth;
             }
@@ -419,6 +419,77 @@ impl<'a> Keys<'a> {
         }
         let colon = skip_ws(b, end + 1);
         (b.get(colon) == Some(&b':')).then_some((colon + 1, key))
+    }
+}
+
+/// Keys held on the stack before [`KeyStack`] moves to the heap: more
+/// than any usual message has open at once.
+const INLINE_KEYS: usize = 16;
+
+/// A stack of keys kept in place while it is short: every message is
+/// scanned, and allocating a list for each was a measurable share of a
+/// small message's cost.
+struct KeyStack<'a> {
+    inline: [&'a [u8]; INLINE_KEYS],
+    /// Keys in `inline`, until it overflows.
+    inline_len: usize,
+    /// All keys, once more than [`INLINE_KEYS`] were open at once.
+    heap: Option<Vec<&'a [u8]>>,
+}
+
+impl<'a> KeyStack<'a> {
+    fn new() -> Self {
+        KeyStack {
+            inline: [&[]; INLINE_KEYS],
+            inline_len: 0,
+            heap: None,
+        }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.heap.as_ref().map_or(self.inline_len, Vec::len)
+    }
+
+    #[inline(always)]
+    fn push(&mut self, key: &'a [u8]) {
+        match &mut self.heap {
+            Some(heap) => heap.push(key),
+            None if self.inline_len < INLINE_KEYS => {
+                self.inline[self.inline_len] = key;
+                self.inline_len += 1;
+            }
+            None => {
+                let mut heap = Vec::with_capacity(4 * INLINE_KEYS);
+                heap.extend_from_slice(&self.inline);
+                heap.push(key);
+                self.heap = Some(heap);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn truncate(&mut self, len: usize) {
+        match &mut self.heap {
+            Some(heap) => heap.truncate(len),
+            None => self.inline_len = self.inline_len.min(len),
+        }
+    }
+
+    /// The keys from position `first` on.
+    #[inline(always)]
+    fn from(&self, first: usize) -> &[&'a [u8]] {
+        match &self.heap {
+            Some(heap) => &heap[first..],
+            None => &self.inline[first..self.inline_len],
+        }
+    }
+
+    /// Removes the keys from position `first` on, as a set.
+    fn drain_from(&mut self, first: usize) -> BTreeSet<&'a [u8]> {
+        let set = self.from(first).iter().copied().collect();
+        self.truncate(first);
+        set
     }
 }
 
@@ -733,6 +804,29 @@ mod tests {
         assert!(scan_message(&unique).is_some());
         text.push_str("\"k42\":0}}}");
         assert_eq!(scan_message(&text), None);
+    }
+
+    #[test]
+    fn finds_repeats_among_more_keys_than_fit_in_place() {
+        // Nested objects keep every outer key open: 20 levels of 1–3 keys
+        // overflow the in-place stack; a repeat must still be found at
+        // every level, before and after the overflow.
+        for repeat_at in 0..20 {
+            let mut text = String::new();
+            for level in 0..20 {
+                text.push_str(&format!("{{\"a{level}\":1,\"b{level}\":2,\"c{level}\":"));
+            }
+            text.push('0');
+            for level in (0..20).rev() {
+                if level == repeat_at {
+                    text.push_str(&format!(",\"a{level}\":3"));
+                }
+                text.push('}');
+            }
+            assert_eq!(scan_message(&text), None, "repeat at level {repeat_at}");
+            let unique = text.replace(&format!(",\"a{repeat_at}\":3"), ",\"z\":3");
+            assert!(scan_message(&unique).is_some(), "{unique}");
+        }
     }
 
     #[test]

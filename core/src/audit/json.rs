@@ -4,7 +4,7 @@
 //! look exactly like the documentation shows them; field order is fixed.
 
 use super::{AuditRecord, PluginMetadata};
-use crate::jsonrpc::write_json_string;
+use crate::jsonrpc::{write_decimal, write_json_string};
 
 /// Appends `record` as one JSON line.
 pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
@@ -17,7 +17,8 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     obj.opt_string("status", record.status);
     obj.opt_string("request_id", record.request_id.as_deref());
     if let Some(ms) = record.duration_ms {
-        obj.raw("duration_ms", ms.to_string().as_bytes());
+        obj.key("duration_ms");
+        write_decimal(obj.out, i128::from(ms));
     }
     obj.opt_string("plugin", record.plugin);
     obj.opt_string("reason", record.reason.as_deref());
@@ -28,7 +29,8 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     obj.opt_string("server_name", record.server_name.as_deref());
     obj.string("source", record.source.as_str());
     if let Some(code) = record.error_code {
-        obj.raw("error_code", code.to_string().as_bytes());
+        obj.key("error_code");
+        write_decimal(obj.out, i128::from(code));
     }
     obj.opt_string("error_message", record.error_message.as_deref());
     if let Some(params) = record.params {

@@ -274,7 +274,8 @@ impl AuditSink {
             AuditFormat::Json | AuditFormat::Debug => record.params.map_or(0, str::len),
             AuditFormat::Line | AuditFormat::Csv => 0,
         };
-        let mut line = Vec::with_capacity(256 + params);
+        // 512 holds the usual record whole: growing it would copy it.
+        let mut line = Vec::with_capacity(512 + params);
         match self.format {
             AuditFormat::Json => json::format(record, &mut line),
             AuditFormat::Line => line::format(record, &mut line),
