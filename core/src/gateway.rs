@@ -5,6 +5,7 @@ use crate::audit::{
 };
 use crate::config::{AuditingPlugin, Config, FileAuditingConfig, Limits, SecurityPlugin};
 use crate::framing::{Frame, LineFramer};
+use crate::json_scan::CallMembers;
 use crate::json_walk::{skip_ws, string_end, value_end};
 use crate::jsonrpc::{
     self, error_response, owned_method, parse_message, Message, Outcome, Rejection, RequestId,
@@ -448,12 +449,17 @@ impl Gateway {
                     self.reject_client_line(rejection, now);
                     None
                 }
-                Ok(Message::Request { id, method, params }) => {
-                    self.on_client_request(id, method, params, now)
-                }
-                Ok(Message::Notification { method, params }) => {
-                    self.on_client_notification(method, params, now)
-                }
+                Ok(Message::Request {
+                    id,
+                    method,
+                    params,
+                    call,
+                }) => self.on_client_request(id, method, params, call, now),
+                Ok(Message::Notification {
+                    method,
+                    params,
+                    call,
+                }) => self.on_client_notification(method, params, call, now),
                 Ok(Message::Response { id, outcome, .. }) => {
                     self.on_client_response(id, outcome, now)
                 }
@@ -511,6 +517,7 @@ impl Gateway {
         id: RequestId,
         method: Cow<'_, str>,
         params: Option<&RawValue>,
+        call: Option<CallMembers<'_>>,
         now: Timestamp,
     ) -> Option<Fallback> {
         // The peers introduce themselves in the handshake (`initialize`
@@ -523,7 +530,7 @@ impl Gateway {
         // One parse of a tools/call's params gives both the tool and the
         // arguments to record.
         let (tool, recorded_params) = if method == "tools/call" {
-            let (tool, arguments) = tool_call_params(params);
+            let (tool, arguments) = tool_call_params(params, call);
             (Some(tool), arguments)
         } else {
             (None, request_params(&method, params))
@@ -656,13 +663,14 @@ impl Gateway {
         &mut self,
         method: Cow<'_, str>,
         params: Option<&RawValue>,
+        call: Option<CallMembers<'_>>,
         now: Timestamp,
     ) -> Option<Fallback> {
         let mut record = self.record(now, EventType::Notification, Source::Client);
         if method == "tools/call" && !self.policies.is_empty() {
             // Not a valid MCP message, but a server might still run it: judge
             // it like a request. It has no id, so a block cannot be answered.
-            let tool = tool_name(params);
+            let tool = tool_name(params, call);
             if let CallDecision::Blocked {
                 plugin,
                 reason,
@@ -787,10 +795,12 @@ impl Gateway {
                     self.reject_upstream_line(rejection, bytes, now);
                     None
                 }
-                Ok(Message::Request { id, method, params }) => self
+                Ok(Message::Request {
+                    id, method, params, ..
+                }) => self
                     .on_server_request(id, method, params, now)
                     .map(|fallback| (fallback, None)),
-                Ok(Message::Notification { method, params }) => {
+                Ok(Message::Notification { method, params, .. }) => {
                     self.on_server_notification(method, params, now);
                     Some((Fallback::Drop, None))
                 }
@@ -1513,8 +1523,11 @@ struct CallParams<'a> {
 }
 
 /// Reads the tool name of a `tools/call`, or says why it cannot.
-fn tool_name(params: Option<&RawValue>) -> Result<Cow<'_, str>, String> {
-    tool_call_params(params).0
+fn tool_name<'a>(
+    params: Option<&'a RawValue>,
+    scanned: Option<CallMembers<'a>>,
+) -> Result<Cow<'a, str>, String> {
+    tool_call_params(params, scanned).0
 }
 
 /// The oldest cancelled request of an in-flight table, if any.
@@ -1527,16 +1540,28 @@ fn first_cancelled(table: &BTreeMap<RequestId, Pending>) -> Option<RequestId> {
 }
 
 /// A `tools/call`'s tool name (or why it cannot be read) and its
-/// `arguments` as raw JSON text, from one parse of `params`. The arguments
-/// are borrowed, not copied: they can be most of a large message.
-fn tool_call_params(params: Option<&RawValue>) -> (Result<Cow<'_, str>, String>, Option<&str>) {
+/// `arguments` as raw JSON text, from one parse of `params` (none when the
+/// message's scan already found both: `scanned`). The arguments are
+/// borrowed, not copied: they can be most of a large message.
+fn tool_call_params<'a>(
+    params: Option<&'a RawValue>,
+    scanned: Option<CallMembers<'a>>,
+) -> (Result<Cow<'a, str>, String>, Option<&'a str>) {
     let Some(params) = params else {
         return (Err("no params".to_owned()), None);
     };
     if !params.get().starts_with('{') {
         return (Err("params is not an object".to_owned()), None);
     }
-    let (name, arguments) = match call_members(params.get()) {
+    let members = match scanned {
+        // serde reads a null member as absent, as the walk does.
+        Some(found) => {
+            let present = |v: Option<&'a str>| v.filter(|v| *v != "null");
+            Some((present(found.name), present(found.arguments)))
+        }
+        None => call_members(params.get()),
+    };
+    let (name, arguments) = match members {
         Some(members) => members,
         None => match serde_json::from_str::<CallParams<'_>>(params.get()) {
             Ok(parsed) => (
@@ -1646,7 +1671,7 @@ fn peer_name(object: &RawValue, field: &str) -> Option<String> {
 fn request_params<'a>(method: &str, params: Option<&'a RawValue>) -> Option<&'a str> {
     let params = params?;
     if method == "tools/call" {
-        return tool_call_params(Some(params)).1;
+        return tool_call_params(Some(params), None).1;
     }
     Some(params.get())
 }
@@ -1711,7 +1736,7 @@ mod tests {
             r#""arguments":-0.5"#,
             r#""other":{"name":"not me","arguments":1}"#,
         ];
-        let mut checked = 0;
+        let (mut checked, mut scanned) = (0, 0);
         for a in 0..members.len() {
             for b in 0..members.len() {
                 for text in [
@@ -1723,17 +1748,40 @@ mod tests {
                     let Ok(raw) = serde_json::from_str::<&RawValue>(&text) else {
                         continue;
                     };
-                    let (tool, arguments) = tool_call_params(Some(raw));
+                    let (tool, arguments) = tool_call_params(Some(raw), None);
                     assert_eq!(
                         (tool.map(Cow::into_owned), arguments),
                         by_serde(raw),
                         "{text}"
                     );
                     checked += 1;
+                    // The members the message's scan found, when it
+                    // accepts the message, read the same.
+                    let message = format!(
+                        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{text}}}"#
+                    );
+                    // (A message the strict check refuses has no reading.)
+                    let Ok(Message::Request { params, call, .. }) =
+                        parse_message(message.as_bytes())
+                    else {
+                        continue;
+                    };
+                    if call.is_some() {
+                        let (tool, arguments) = tool_call_params(params, call);
+                        let (serde_tool, serde_arguments) = by_serde(raw);
+                        assert_eq!(tool.map(Cow::into_owned), serde_tool, "{message}");
+                        assert_eq!(
+                            arguments.map(str::trim),
+                            serde_arguments.map(str::trim),
+                            "{message}"
+                        );
+                        scanned += 1;
+                    }
                 }
             }
         }
         assert!(checked > 400, "{checked}");
+        assert!(scanned > 100, "{scanned}");
     }
 
     #[test]

@@ -78,6 +78,20 @@ pub(crate) struct Scanned<'a> {
     /// Where the tools of `result.tools` are, should the message answer a
     /// `tools/list`.
     pub tools: ToolsIndex,
+    /// The members of `params` a `tools/call` is judged by, when `params`
+    /// is an object.
+    pub call: Option<CallMembers<'a>>,
+}
+
+/// The `name` and `arguments` members of a `params` object, as the exact
+/// text of their values (`None`: no such member). Keys are matched exactly,
+/// as serde matches a struct's fields; a repeated key or a case variant
+/// near the envelope makes the scan leave the message to the full check,
+/// so a member found here is the only one of its name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CallMembers<'a> {
+    pub name: Option<&'a str>,
+    pub arguments: Option<&'a str>,
 }
 
 /// The tools of a `tools/list` result, located during the scan so that the
@@ -110,11 +124,20 @@ pub(crate) struct ToolSpan {
     pub name: Option<usize>,
 }
 
-/// The scan's bookkeeping for [`ToolsIndex`]: a few comparisons per key
-/// and per value, on depths 1 to 4 only.
+/// The scan's bookkeeping for [`ToolsIndex`] and [`CallMembers`]: a few
+/// comparisons per key and per value, on depths 1 to 4 only.
 #[derive(Default)]
 struct ToolsWatch {
     index: ToolsIndex,
+    /// Inside the `params` object.
+    in_params: bool,
+    /// The next value in `params` is that of `name` (1) or `arguments` (2).
+    call_next: u8,
+    /// Where that value starts.
+    call_start: usize,
+    /// The spans of `name` and `arguments`, once read.
+    call_name: Option<(usize, usize)>,
+    call_arguments: Option<(usize, usize)>,
     /// Inside the `result` object.
     in_result: bool,
     /// The next value in `result` is the `tools` member's.
@@ -132,15 +155,17 @@ struct ToolsWatch {
 }
 
 impl ToolsWatch {
-    /// A value starts at `i` at `depth` with `byte`; `is_result`: it is the
-    /// value of the envelope's `result`.
+    /// A value starts at `i` at `depth` with `byte`; `member`: the
+    /// envelope member it is in.
     #[inline(always)]
-    fn value(&mut self, depth: usize, i: usize, byte: u8, is_result: bool) {
+    fn value(&mut self, depth: usize, i: usize, byte: u8, member: &[u8]) {
         match depth {
-            1 if is_result && byte == b'{' => {
+            1 if byte == b'{' && member == b"result" => {
                 self.in_result = true;
                 self.index.result_start = Some(i);
             }
+            1 if byte == b'{' && member == b"params" => self.in_params = true,
+            2 if self.call_next != 0 => self.call_start = i,
             2 if self.tools_next => {
                 self.tools_next = false;
                 if byte == b'[' {
@@ -167,6 +192,13 @@ impl ToolsWatch {
     #[inline(always)]
     fn key(&mut self, depth: usize, key: &[u8]) {
         match depth {
+            2 if self.in_params => {
+                self.call_next = match key {
+                    b"name" => 1,
+                    b"arguments" => 2,
+                    _ => 0,
+                }
+            }
             2 if self.in_result && key.eq_ignore_ascii_case(b"tools") => self.tools_next = true,
             4 if self.in_tools && key.eq_ignore_ascii_case(b"name") => {
                 self.names += 1;
@@ -182,6 +214,14 @@ impl ToolsWatch {
     /// A value ended at `i` (exclusive) at `depth`.
     #[inline(always)]
     fn value_end(&mut self, depth: usize, i: usize) {
+        if depth == 2 && self.call_next != 0 {
+            let span = Some((self.call_start, i));
+            match self.call_next {
+                1 => self.call_name = span,
+                _ => self.call_arguments = span,
+            }
+            self.call_next = 0;
+        }
         if depth == 3 && self.in_tools {
             let name = if self.names == 1 && self.exact {
                 self.name_at
@@ -200,7 +240,10 @@ impl ToolsWatch {
     #[inline(always)]
     fn close(&mut self, depth: usize, i: usize) {
         match depth {
-            1 => self.in_result = false,
+            1 => {
+                self.in_result = false;
+                self.in_params = false;
+            }
             2 if self.in_tools => {
                 self.in_tools = false;
                 if let Some((start, _)) = self.index.array {
@@ -240,7 +283,7 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
             if depth == 1 {
                 member_start = i;
             }
-            watch.value(depth, i, byte, depth == 1 && member == b"result");
+            watch.value(depth, i, byte, member);
         }
         match byte {
             open @ (b'{' | b'[') => {
@@ -292,9 +335,17 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
                 watch.value_end(depth, i);
                 if depth == 0 {
                     i = skip_ws(b, i);
+                    let call = spans.params.filter(|p| p.starts_with('{')).map(|_| {
+                        let span = |s: Option<(usize, usize)>| s.map(|(a, z)| &text[a..z]);
+                        CallMembers {
+                            name: span(watch.call_name),
+                            arguments: span(watch.call_arguments),
+                        }
+                    });
                     return (i == b.len()).then_some(Scanned {
                         envelope: spans,
                         tools: watch.index,
+                        call,
                     });
                 }
             }

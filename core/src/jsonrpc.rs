@@ -4,7 +4,7 @@
 //! a tree: the gateway forwards the exact bytes it checked, and reads only the
 //! members it needs (`id`, `method`, the tool name) to decide.
 
-use crate::json_scan::{EnvelopeSpans, ToolsIndex};
+use crate::json_scan::{CallMembers, EnvelopeSpans, ToolsIndex};
 use crate::json_walk::{skip_ws, string_end, value_end};
 use crate::strict_json::{check_strict, JsonProblem};
 use serde::Deserialize;
@@ -142,10 +142,14 @@ pub(crate) enum Message<'a> {
         id: RequestId,
         method: Cow<'a, str>,
         params: Option<&'a RawValue>,
+        /// `params.name` and `params.arguments`, when the fast scan read
+        /// the line and `params` is an object.
+        call: Option<CallMembers<'a>>,
     },
     Notification {
         method: Cow<'a, str>,
         params: Option<&'a RawValue>,
+        call: Option<CallMembers<'a>>,
     },
     Response {
         id: RequestId,
@@ -359,6 +363,7 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
                 text,
                 Envelope::from_spans(&scanned.envelope),
                 Some(scanned.tools),
+                scanned.call,
             );
         }
     }
@@ -402,7 +407,7 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     }
     let env: Envelope<'_> = serde_json::from_str(text)
         .map_err(|e| Rejection::parse(format!("message is not valid JSON: {e}")))?;
-    classify(text, env, None)
+    classify(text, env, None, None)
 }
 
 /// Classifies the envelope of `line`.
@@ -410,6 +415,7 @@ fn classify<'a>(
     line: &'a str,
     env: Envelope<'a>,
     tools: Option<ToolsIndex>,
+    call: Option<CallMembers<'a>>,
 ) -> Result<Message<'a>, Rejection> {
     let method = env.method.map(|raw| json_str(raw).ok_or(raw));
     let id = env.id.map(|raw| RequestId::from_raw(raw).ok_or(raw));
@@ -452,10 +458,12 @@ fn classify<'a>(
                     id,
                     method,
                     params: env.params,
+                    call,
                 },
                 None => Message::Notification {
                     method,
                     params: env.params,
+                    call,
                 },
             })
         }
@@ -750,7 +758,9 @@ mod tests {
         )
         .unwrap()
         {
-            Message::Request { id, method, params } => {
+            Message::Request {
+                id, method, params, ..
+            } => {
                 assert_eq!(id, RequestId::Number(7));
                 assert_eq!(method, "tools/call");
                 assert_eq!(params.unwrap().get(), r#"{"name":"x"}"#);
