@@ -182,18 +182,24 @@ fn run_on(
     signals: Option<TerminationSignals>,
     client_pipe: Option<OwnedFd>,
 ) -> io::Result<i32> {
-    let executor = LocalExecutor::new();
-    let driven = drive(
-        &executor,
+    let executor = Rc::new(LocalExecutor::new());
+    // The driver is a task, not the future `block_on` polls: a reader that
+    // hands it an event then merely queues it on this thread's executor.
+    // Were it `block_on`'s own future, every event would wake `block_on`'s
+    // parker, and `block_on` answers that with an extra, non-blocking turn
+    // of the reactor (five system calls) before polling the driver.
+    let driven = executor.spawn(drive(
+        executor.clone(),
         gateway,
         options,
         client_input,
         client_output,
         signals,
         client_pipe.and_then(DirectPipe::new),
-    );
+    ));
     // Tasks still running when this returns (a reader blocked on a peer)
-    // are dropped with the executor.
+    // are dropped with the executor. The driver's own reference to it went
+    // when the driver finished.
     smol::block_on(executor.run(driven))
 }
 
@@ -207,7 +213,7 @@ enum Step {
 /// The driver: starts everything in runtime-std's order (audit files, the
 /// upstream, then the client reader) and feeds the gateway until it exits.
 async fn drive(
-    executor: &LocalExecutor<'static>,
+    executor: Rc<LocalExecutor<'static>>,
     gateway: Gateway,
     options: RunOptions,
     client_input: impl ReadHalf + 'static,
@@ -278,7 +284,7 @@ async fn drive(
                 options.upstream.program
             );
             log::info!(target: LOG_TARGET, "Connected to upstream server");
-            let upstream = start_upstream(executor, child, &events_tx, &driver.to_client)?;
+            let upstream = start_upstream(&executor, child, &events_tx, &driver.to_client)?;
             driver.upstream = Some(upstream);
             driver.feed(Input::UpstreamStarted { pid }).await
         }
