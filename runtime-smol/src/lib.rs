@@ -55,7 +55,7 @@ use gatekit_runtime_std::process::{self, ProcessGroup};
 use gatekit_runtime_std::signals::TerminationSignals;
 use gatekit_runtime_std::{EVENT_CHANNEL_CAPACITY, EXIT_FLUSH_TIMEOUT};
 use jiff::Timestamp;
-use pipes::{Blocking, Nonblocking, OutputQueue, ReadHalf, WriteHalf};
+use pipes::{Blocking, Nonblocking, OutputQueue, ReadHalf, Watched, WriteHalf};
 use smol::channel::{self, Receiver, Sender};
 use smol::{future, LocalExecutor, Timer};
 use std::io;
@@ -102,7 +102,7 @@ pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
     let result = run_on(
         gateway,
         options,
-        Nonblocking(stdin),
+        stdin,
         client_output,
         Some(signals),
         client_pipe,
@@ -124,7 +124,7 @@ pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
 /// affected, unless stdout is that very pipe (a FIFO opened for both), which
 /// is left alone. So is a socket, which inetd, systemd or socat often give
 /// as stdin and stdout at once, a terminal and a file: `None`.
-fn watchable_stdin() -> Option<(smol::Async<std::fs::File>, bool)> {
+fn watchable_stdin() -> Option<(Watched, bool)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let stdin = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned().ok()?);
     let input = stdin.metadata().ok()?;
@@ -141,7 +141,7 @@ fn watchable_stdin() -> Option<(smol::Async<std::fs::File>, bool)> {
         }
     }
     let was_nonblocking = gatekit_runtime_std::is_nonblocking(&stdin);
-    match smol::Async::new(stdin) {
+    match Watched::new(stdin) {
         Ok(watched) => Some((watched, was_nonblocking)),
         Err(_) => {
             if !was_nonblocking {
@@ -485,7 +485,7 @@ fn start_upstream(
 
     let upstream_reader = pipes::read_chunks(
         "gatekit-upstream-reader",
-        Nonblocking(stdout),
+        Watched::new(OwnedFd::try_from(stdout)?)?,
         vec![to_client.clone()],
         events.clone(),
         |chunk| chunk.map_or(HostEvent::UpstreamEof, HostEvent::UpstreamBytes),
