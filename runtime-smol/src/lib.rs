@@ -24,8 +24,8 @@
 //!
 //! The driver feeds one event to the gateway with the current time, carries
 //! out the outputs in order until [`gatekit_core::Output::Wait`], and then waits for the
-//! next event or a [`Timer`] set to the deadline, so an idle gateway uses no
-//! CPU. Writes to the peers go through queues that the driver fills without
+//! next event or its one [`Timer`], set no later than the deadline, so an
+//! idle gateway uses no CPU. Writes to the peers go through queues that the driver fills without
 //! waiting; a reader pauses while a queue it feeds is over
 //! [`gatekit_runtime_std::QUEUE_BOUND`], and the channel holds at most
 //! [`gatekit_runtime_std::EVENT_CHANNEL_CAPACITY`] chunks read but not yet
@@ -55,7 +55,7 @@ use gatekit_runtime_std::process::{self, ProcessGroup};
 use gatekit_runtime_std::signals::TerminationSignals;
 use gatekit_runtime_std::{EVENT_CHANNEL_CAPACITY, EXIT_FLUSH_TIMEOUT};
 use jiff::Timestamp;
-use pipes::{Blocking, Nonblocking, OutputQueue, ReadHalf, WriteHalf};
+use pipes::{Blocking, Nonblocking, OutputQueue, ReadHalf, Watched, WriteHalf};
 use smol::channel::{self, Receiver, Sender};
 use smol::{future, LocalExecutor, Timer};
 use std::io;
@@ -64,7 +64,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LOG_TARGET: &str = "gatekit.proxy.server";
 
@@ -102,7 +102,7 @@ pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
     let result = run_on(
         gateway,
         options,
-        Nonblocking(stdin),
+        stdin,
         client_output,
         Some(signals),
         client_pipe,
@@ -124,7 +124,7 @@ pub fn run(gateway: Gateway, options: RunOptions) -> io::Result<i32> {
 /// affected, unless stdout is that very pipe (a FIFO opened for both), which
 /// is left alone. So is a socket, which inetd, systemd or socat often give
 /// as stdin and stdout at once, a terminal and a file: `None`.
-fn watchable_stdin() -> Option<(smol::Async<std::fs::File>, bool)> {
+fn watchable_stdin() -> Option<(Watched, bool)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let stdin = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned().ok()?);
     let input = stdin.metadata().ok()?;
@@ -141,7 +141,7 @@ fn watchable_stdin() -> Option<(smol::Async<std::fs::File>, bool)> {
         }
     }
     let was_nonblocking = gatekit_runtime_std::is_nonblocking(&stdin);
-    match smol::Async::new(stdin) {
+    match Watched::new(stdin) {
         Ok(watched) => Some((watched, was_nonblocking)),
         Err(_) => {
             if !was_nonblocking {
@@ -182,18 +182,24 @@ fn run_on(
     signals: Option<TerminationSignals>,
     client_pipe: Option<OwnedFd>,
 ) -> io::Result<i32> {
-    let executor = LocalExecutor::new();
-    let driven = drive(
-        &executor,
+    let executor = Rc::new(LocalExecutor::new());
+    // The driver is a task, not the future `block_on` polls: a reader that
+    // hands it an event then merely queues it on this thread's executor.
+    // Were it `block_on`'s own future, every event would wake `block_on`'s
+    // parker, and `block_on` answers that with an extra, non-blocking turn
+    // of the reactor (five system calls) before polling the driver.
+    let driven = executor.spawn(drive(
+        executor.clone(),
         gateway,
         options,
         client_input,
         client_output,
         signals,
         client_pipe.and_then(DirectPipe::new),
-    );
+    ));
     // Tasks still running when this returns (a reader blocked on a peer)
-    // are dropped with the executor.
+    // are dropped with the executor. The driver's own reference to it went
+    // when the driver finished.
     smol::block_on(executor.run(driven))
 }
 
@@ -207,7 +213,7 @@ enum Step {
 /// The driver: starts everything in runtime-std's order (audit files, the
 /// upstream, then the client reader) and feeds the gateway until it exits.
 async fn drive(
-    executor: &LocalExecutor<'static>,
+    executor: Rc<LocalExecutor<'static>>,
     gateway: Gateway,
     options: RunOptions,
     client_input: impl ReadHalf + 'static,
@@ -278,7 +284,7 @@ async fn drive(
                 options.upstream.program
             );
             log::info!(target: LOG_TARGET, "Connected to upstream server");
-            let upstream = start_upstream(executor, child, &events_tx, &driver.to_client)?;
+            let upstream = start_upstream(&executor, child, &events_tx, &driver.to_client)?;
             driver.upstream = Some(upstream);
             driver.feed(Input::UpstreamStarted { pid }).await
         }
@@ -315,8 +321,10 @@ async fn drive(
     // every one of them has ended.
     log::info!(target: LOG_TARGET, "MCPProxy now accepting client connections");
 
+    let mut alarm = Alarm::new();
+
     loop {
-        let step = match next_event(&events, deadline).await {
+        let step = match next_event(&events, deadline, &mut alarm).await {
             NextEvent::Event(event) => driver.handle_event(event).await,
             NextEvent::Deadline => driver.handle_event(HostEvent::Deadline).await,
             NextEvent::Disconnected => {
@@ -479,7 +487,7 @@ fn start_upstream(
 
     let upstream_reader = pipes::read_chunks(
         "gatekit-upstream-reader",
-        Nonblocking(stdout),
+        Watched::new(OwnedFd::try_from(stdout)?)?,
         vec![to_client.clone()],
         events.clone(),
         |chunk| chunk.map_or(HostEvent::UpstreamEof, HostEvent::UpstreamBytes),
@@ -521,29 +529,82 @@ enum NextEvent {
 
 /// Waits until an event arrives or `deadline` passes. A deadline already
 /// passed wins over waiting events, so a busy peer cannot starve the timers.
-async fn next_event(events: &Receiver<HostEvent>, deadline: Option<Timestamp>) -> NextEvent {
+async fn next_event(
+    events: &Receiver<HostEvent>,
+    deadline: Option<Timestamp>,
+    alarm: &mut Alarm,
+) -> NextEvent {
     let Some(deadline) = deadline else {
         return events
             .recv()
             .await
             .map_or(NextEvent::Disconnected, NextEvent::Event);
     };
-    let timeout = match Duration::try_from(deadline.duration_since(Timestamp::now())) {
-        Ok(timeout) if !timeout.is_zero() => timeout,
-        _ => return NextEvent::Deadline,
-    };
-    let event = async {
-        match events.recv().await {
-            Ok(event) => NextEvent::Event(event),
-            // Nothing can arrive any more, but the timer still matters.
-            Err(_) => future::pending().await,
+    loop {
+        let timeout = match Duration::try_from(deadline.duration_since(Timestamp::now())) {
+            Ok(timeout) if !timeout.is_zero() => timeout,
+            _ => return NextEvent::Deadline,
+        };
+        alarm.ring_by(Instant::now() + timeout);
+        let event = async {
+            match events.recv().await {
+                Ok(event) => Some(NextEvent::Event(event)),
+                // Nothing can arrive any more, but the timer still matters.
+                Err(_) => future::pending().await,
+            }
+        };
+        let rang = async {
+            alarm.rung().await;
+            None
+        };
+        // The alarm may have been set for an earlier deadline: look again.
+        if let Some(event) = future::or(event, rang).await {
+            return event;
         }
-    };
-    let timer = async {
-        Timer::after(timeout).await;
-        NextEvent::Deadline
-    };
-    future::or(event, timer).await
+    }
+}
+
+/// The driver's one timer, moved only when a deadline comes earlier than
+/// the time it is set for.
+///
+/// Setting an async-io timer also wakes the reactor (a write to its
+/// eventfd, and often one more turn of it), so a fresh timer per event
+/// costs that on every message while a request has a timeout. With one
+/// timer that rings at the earliest deadline seen, later deadlines (each
+/// new request's) leave it alone; when it rings early, the caller looks at
+/// its deadline again and sets it once more.
+struct Alarm {
+    timer: Timer,
+    /// When `timer` rings; `None` once it has rung (a rung timer must not be
+    /// polled again before it is set).
+    at: Option<Instant>,
+}
+
+impl Alarm {
+    fn new() -> Self {
+        Alarm {
+            timer: Timer::never(),
+            at: None,
+        }
+    }
+
+    /// Makes the alarm ring no later than `when`.
+    fn ring_by(&mut self, when: Instant) {
+        if self.at.is_some_and(|at| at <= when) {
+            return;
+        }
+        self.timer.set_at(when);
+        self.at = Some(when);
+    }
+
+    /// Resolves when the alarm rings; call [`Alarm::ring_by`] first.
+    async fn rung(&mut self) {
+        if self.at.is_none() {
+            return;
+        }
+        (&mut self.timer).await;
+        self.at = None;
+    }
 }
 
 #[cfg(test)]
@@ -627,6 +688,33 @@ mod tests {
 
     const REQUEST: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\n";
     const REPLY: &str = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[]}}\n";
+
+    #[test]
+    fn the_alarm_rings_by_the_earliest_time_it_was_given() {
+        // A later time leaves it where it is; an earlier one moves it. The
+        // hour is what it would wait if either were wrong (the test then
+        // fails after a minute instead of hanging).
+        let ring = |times: &[Duration]| {
+            let mut alarm = Alarm::new();
+            let now = Instant::now();
+            for &time in times {
+                alarm.ring_by(now + time);
+            }
+            let rung = async {
+                alarm.rung().await;
+                true
+            };
+            let stuck = async {
+                Timer::after(Duration::from_secs(60)).await;
+                false
+            };
+            assert!(smol::block_on(future::or(rung, stuck)), "{times:?}");
+            assert_eq!(alarm.at, None);
+        };
+        let (soon, later) = (Duration::from_millis(1), Duration::from_secs(3600));
+        ring(&[soon, later]);
+        ring(&[later, soon]);
+    }
 
     #[test]
     fn an_upstream_that_cannot_start_is_reported_to_the_client() {

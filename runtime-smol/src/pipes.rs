@@ -14,10 +14,12 @@ use gatekit_runtime_std::{DirectPipe, QUEUE_BOUND, READ_CHUNK, STDERR_LINE_MAX};
 use smol::channel::Sender;
 use smol::future;
 use smol::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use smol::Timer;
+use smol::{Async, Timer};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -188,7 +190,47 @@ pub(crate) trait WriteHalf: Sized {
     async fn write_batch(self, batch: Vec<u8>) -> (Self, io::Result<()>);
 }
 
-/// A pipe the reactor watches: the upstream's stdin and stdout.
+/// A pipe the reactor watches, read the way runtime-std's threads read it:
+/// one `read` per message that arrives.
+///
+/// A plain `AsyncRead` read tries the pipe first and waits only when that
+/// fails. After a message has been taken, the pipe is almost always empty,
+/// so that costs failed reads (async-io retries once after an event it
+/// has not yet seen consumed) before the reactor is asked to wait. A read
+/// that took less than the buffer held emptied the pipe, so the next one
+/// waits for readiness first and then reads once; after a full buffer
+/// there may be more, so it reads straight away.
+pub(crate) struct Watched {
+    pipe: Async<File>,
+    /// The last read emptied the pipe: wait before reading again.
+    emptied: bool,
+}
+
+impl Watched {
+    /// Watches `pipe` (making it non-blocking).
+    pub(crate) fn new(pipe: impl Into<OwnedFd>) -> io::Result<Self> {
+        Ok(Watched {
+            pipe: Async::new(File::from(pipe.into()))?,
+            emptied: false,
+        })
+    }
+}
+
+impl ReadHalf for Watched {
+    async fn read_chunk(mut self, mut buffer: Vec<u8>) -> (Self, Vec<u8>, io::Result<usize>) {
+        if self.emptied {
+            if let Err(error) = self.pipe.readable().await {
+                return (self, buffer, Err(error));
+            }
+        }
+        let result = self.pipe.read(&mut buffer).await;
+        self.emptied = matches!(result, Ok(n) if n > 0 && n < buffer.len());
+        (self, buffer, result)
+    }
+}
+
+/// A stream the reactor watches, written through `AsyncWrite`: the
+/// upstream's stdin.
 pub(crate) struct Nonblocking<T>(pub(crate) T);
 
 impl<T: AsyncRead + Unpin> ReadHalf for Nonblocking<T> {
@@ -356,6 +398,41 @@ mod tests {
         smol::block_on(write_batches(&queue, Nonblocking(&mut written))).expect("writes");
         assert_eq!(written, b"one\ntwo\n");
         assert_eq!(smol::block_on(queue.wait_drained(Duration::ZERO)), 0);
+    }
+
+    #[test]
+    fn a_watched_pipe_is_read_to_its_end() {
+        // More than a buffer at once (a full read, then one that empties the
+        // pipe), then, after a pause, more (read once the pipe is readable
+        // again), then the end.
+        let mut writer = std::process::Command::new("sh")
+            .args(["-c", "head -c 200000 /dev/zero; sleep 0.1; printf tail"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh starts");
+        let pipe = writer.stdout.take().expect("piped");
+        let executor = smol::LocalExecutor::new();
+        let (tx, rx) = smol::channel::unbounded();
+        executor
+            .spawn(read_chunks(
+                "test-reader",
+                Watched::new(pipe).expect("watched"),
+                Vec::new(),
+                tx,
+                |c| c,
+            ))
+            .detach();
+        let read = smol::block_on(executor.run(async {
+            let mut read = Vec::new();
+            while let Ok(Some(chunk)) = rx.recv().await {
+                read.extend_from_slice(&chunk);
+            }
+            read
+        }));
+        writer.wait().expect("sh exits");
+        assert_eq!(read.len(), 200_004);
+        assert!(read[..200_000].iter().all(|&b| b == 0));
+        assert_eq!(&read[200_000..], b"tail");
     }
 
     #[test]
