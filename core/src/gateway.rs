@@ -703,7 +703,7 @@ impl Gateway {
                 if let Some(pending) = self.client_requests.get_mut(&id) {
                     pending.cancelled = true;
                 }
-                record.request_id = Some(Cow::Owned(id.text().into_owned()));
+                record.request_id = Some(id.text().into_owned());
             }
         }
         record.method = Some(method);
@@ -856,7 +856,7 @@ impl Gateway {
                 if let Some(pending) = self.server_requests.get_mut(&id) {
                     pending.cancelled = true;
                 }
-                record.request_id = Some(Cow::Owned(id.text().into_owned()));
+                record.request_id = Some(id.text().into_owned());
             }
         }
         record.method = Some(method);

@@ -4,6 +4,7 @@
 //! a tree: the gateway forwards the exact bytes it checked, and reads only the
 //! members it needs (`id`, `method`, the tool name) to decide.
 
+use crate::audit::IdText;
 use crate::json_scan::{CallMembers, EnvelopeSpans, ToolsIndex};
 use crate::json_walk::{skip_ws, string_end, value_end};
 use crate::strict_json::{check_strict, JsonProblem};
@@ -64,13 +65,18 @@ impl RequestId {
         }
     }
 
-    /// The id as audit records show it ([`Display`](fmt::Display)),
-    /// borrowed for a string id; digits are written without the
-    /// formatting machinery.
-    pub(crate) fn text(&self) -> Cow<'_, str> {
+    /// The id as audit records show it ([`Display`](fmt::Display)):
+    /// borrowed for a string id, digits held in place for a number.
+    pub(crate) fn text(&self) -> IdText<'_> {
         match self {
-            RequestId::String(s) => Cow::Borrowed(s),
-            RequestId::Number(n) => Cow::Owned(decimal(*n)),
+            RequestId::String(s) => IdText::from(s.as_str()),
+            RequestId::Number(n) => {
+                let (digits, start) = decimal_digits(*n);
+                IdText::Digits {
+                    digits,
+                    start: start as u8,
+                }
+            }
         }
     }
 
@@ -92,6 +98,13 @@ impl RequestId {
 /// Appends `n` in decimal, as `Display` writes it, without the formatting
 /// machinery (ids, durations and codes go into every audit line).
 pub(crate) fn write_decimal(out: &mut Vec<u8>, n: i128) {
+    let (digits, start) = decimal_digits(n);
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// `n` in decimal, right-aligned in a buffer: the digits are
+/// `buffer[start..]`.
+pub(crate) fn decimal_digits(n: i128) -> ([u8; 40], usize) {
     let mut digits = [0u8; 40];
     let mut at = digits.len();
     // Ids and durations fit in 64 bits, whose division is a machine
@@ -115,14 +128,7 @@ pub(crate) fn write_decimal(out: &mut Vec<u8>, n: i128) {
         at -= 1;
         digits[at] = b'-';
     }
-    out.extend_from_slice(&digits[at..]);
-}
-
-/// `n` in decimal (see [`write_decimal`]).
-fn decimal(n: i128) -> String {
-    let mut out = Vec::with_capacity(20);
-    write_decimal(&mut out, n);
-    String::from_utf8(out).expect("digits are ASCII")
+    (digits, at)
 }
 
 /// Outcome carried by a response.
@@ -727,10 +733,10 @@ mod tests {
         ];
         for n in edges {
             let id = RequestId::Number(n);
-            assert_eq!(id.text(), id.to_string());
+            assert_eq!(*id.text(), id.to_string());
         }
         let id = RequestId::String("a\"b".into());
-        assert!(matches!(id.text(), Cow::Borrowed("a\"b")));
+        assert!(matches!(id.text(), IdText::Text(Cow::Borrowed("a\"b"))));
     }
 
     #[test]

@@ -76,6 +76,6 @@ mod rotation;
 mod strict_json;
 mod tools_filter;
 
-pub use audit::{AuditRecord, AuditSinkId, AuditWrite, EventType, PluginMetadata, Source};
+pub use audit::{AuditRecord, AuditSinkId, AuditWrite, EventType, IdText, PluginMetadata, Source};
 pub use config::Config;
 pub use gateway::{audit_sinks, ExitStatus, Gateway, GatewayStats, Input, Output, UpstreamSignal};

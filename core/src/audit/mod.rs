@@ -116,7 +116,7 @@ pub struct AuditRecord<'a> {
     /// `ALLOWED`/`BLOCKED` for requests, `success`/`error` for responses.
     pub status: Option<&'static str>,
     /// The JSON-RPC id, as text.
-    pub request_id: Option<Cow<'a, str>>,
+    pub request_id: Option<IdText<'a>>,
     /// Milliseconds from forwarding a request to receiving its response.
     pub duration_ms: Option<u64>,
     /// The plugin that decided.
@@ -136,6 +136,55 @@ pub struct AuditRecord<'a> {
     pub error_message: Option<String>,
     /// Security checks that ran on a request, as `plugin:DECISION`.
     pub security_checks: Cow<'static, [&'static str]>,
+}
+
+/// A request id as an audit record shows it: a string id as text (borrowed
+/// where it can be), a numeric id as its decimal digits held in place. A
+/// record is made for every request and every response, and ids are
+/// nearly always numbers: this spares each record an allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdText<'a> {
+    /// A string id, unescaped.
+    Text(Cow<'a, str>),
+    /// A numeric id.
+    Digits {
+        /// ASCII digits (and sign) in `digits[start..]`.
+        digits: [u8; 40],
+        /// Where they start.
+        start: u8,
+    },
+}
+
+impl IdText<'_> {
+    /// The same text, owning what it borrowed.
+    pub fn into_owned(self) -> IdText<'static> {
+        match self {
+            IdText::Text(text) => IdText::Text(Cow::Owned(text.into_owned())),
+            IdText::Digits { digits, start } => IdText::Digits { digits, start },
+        }
+    }
+}
+
+impl std::ops::Deref for IdText<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            IdText::Text(text) => text,
+            // Only ever built from ASCII digits; should it not be, nothing
+            // is shown rather than a panic in the audit path.
+            IdText::Digits { digits, start } => {
+                std::str::from_utf8(digits.get(usize::from(*start)..).unwrap_or_default())
+                    .unwrap_or_default()
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a str> for IdText<'a> {
+    fn from(text: &'a str) -> Self {
+        IdText::Text(Cow::Borrowed(text))
+    }
 }
 
 /// What a security plugin adds to its record, as typed data rather than a
