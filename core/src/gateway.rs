@@ -1327,8 +1327,10 @@ impl Gateway {
 
     fn audit(&mut self, record: AuditRecord) {
         for (i, sink) in self.sinks.iter_mut().enumerate() {
-            if let Some(write) = sink.write(AuditSinkId(i), &record) {
-                self.outputs.push(Output::Audit(write), None);
+            if sink.wants(&record) {
+                let size_hint = sink.line_size_hint(&record);
+                self.outputs
+                    .push_audit_with(AuditSinkId(i), size_hint, |out| sink.append(&record, out));
             }
         }
     }

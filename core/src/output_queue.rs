@@ -12,7 +12,7 @@
 //! everything queued after it is judged as if its own record had failed:
 //! the gateway fails closed for the whole batch.
 
-use crate::audit::AuditWrite;
+use crate::audit::{AuditSinkId, AuditWrite};
 use crate::gateway::Output;
 use std::collections::VecDeque;
 
@@ -62,9 +62,7 @@ impl<F> OutputQueue<F> {
 
     fn push_audit(&mut self, write: AuditWrite) {
         let sink = write.sink.0;
-        if sink >= self.open_writes.len() {
-            self.open_writes.resize(sink + 1, None);
-        }
+        self.cover(sink);
         if !write.rotate_first && write.bytes.len() <= FOLD_LIMIT {
             if let Some(earlier) = self
                 .open_write(sink)
@@ -74,7 +72,64 @@ impl<F> OutputQueue<F> {
                 return;
             }
         }
-        self.open_writes[sink] = Some(self.removed + self.entries.len() as u64);
+        self.push_open_write(write);
+    }
+
+    /// Queues one audit record of `sink`, which `format` appends to the
+    /// buffer it is given and answers whether the file must be rotated
+    /// first (see `AuditSink::append`). The record is formatted straight
+    /// into the sink's latest queued write when it may join it, as
+    /// [`push`](Self::push) would have joined it, so a record is neither
+    /// allocated nor copied on its own; a record that turns out to need a
+    /// rotation, or to be larger than [`FOLD_LIMIT`], is split off into a
+    /// write of its own. `size_hint` is about the record's length: one
+    /// expected to be large never joins (a 10 MiB argument would otherwise
+    /// be formatted into a small write, then copied out of it).
+    pub(crate) fn push_audit_with(
+        &mut self,
+        sink: AuditSinkId,
+        size_hint: usize,
+        format: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) {
+        self.cover(sink.0);
+        if size_hint <= FOLD_LIMIT {
+            if let Some(earlier) = self
+                .open_write(sink.0)
+                .filter(|w| w.bytes.len() <= FOLD_LIMIT)
+            {
+                let start = earlier.bytes.len();
+                let rotate_first = format(&mut earlier.bytes);
+                if !rotate_first && earlier.bytes.len() - start <= FOLD_LIMIT {
+                    return;
+                }
+                let bytes = earlier.bytes.split_off(start);
+                self.push_open_write(AuditWrite {
+                    sink,
+                    rotate_first,
+                    bytes,
+                });
+                return;
+            }
+        }
+        let mut bytes = Vec::with_capacity(size_hint);
+        let rotate_first = format(&mut bytes);
+        self.push_open_write(AuditWrite {
+            sink,
+            rotate_first,
+            bytes,
+        });
+    }
+
+    /// Makes room in `open_writes` for `sink`.
+    fn cover(&mut self, sink: usize) {
+        if sink >= self.open_writes.len() {
+            self.open_writes.resize(sink + 1, None);
+        }
+    }
+
+    /// Queues `write` as its sink's latest write, which later records join.
+    fn push_open_write(&mut self, write: AuditWrite) {
+        self.open_writes[write.sink.0] = Some(self.removed + self.entries.len() as u64);
         self.entries.push_back(Queued {
             output: Output::Audit(write),
             fallback: None,
@@ -210,5 +265,57 @@ mod tests {
                 Output::ToUpstream(b"m1\n".to_vec()),
             ]
         );
+    }
+
+    /// Queues `line` through [`OutputQueue::push_audit_with`], as a sink
+    /// that asks for `rotate` would.
+    fn format_in(queue: &mut OutputQueue<()>, sink: usize, hint: usize, line: &str, rotate: bool) {
+        queue.push_audit_with(AuditSinkId(sink), hint, |out| {
+            out.extend_from_slice(line.as_bytes());
+            rotate
+        });
+    }
+
+    #[test]
+    fn records_formatted_in_place_join_as_pushed_ones_do() {
+        let mut queue = OutputQueue::<()>::new(2);
+        format_in(&mut queue, 0, 512, "a1\n", false);
+        format_in(&mut queue, 1, 512, "b1\n", false);
+        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Some(()));
+        format_in(&mut queue, 0, 512, "a2\n", false);
+        // A rotation splits the record off into a write of its own, which
+        // later records join.
+        format_in(&mut queue, 1, 512, "b2\n", true);
+        format_in(&mut queue, 1, 512, "b3\n", false);
+        queue.push(Output::ToUpstream(b"m2\n".to_vec()), Some(()));
+        assert_eq!(
+            drain(&mut queue),
+            vec![
+                write(0, false, "a1\na2\n"),
+                write(1, false, "b1\n"),
+                Output::ToUpstream(b"m1\n".to_vec()),
+                write(1, true, "b2\nb3\n"),
+                Output::ToUpstream(b"m2\n".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn large_records_formatted_in_place_stay_apart() {
+        let big = "x".repeat(FOLD_LIMIT + 1);
+        let mut queue = OutputQueue::<()>::new(1);
+        format_in(&mut queue, 0, 512, "a1\n", false);
+        // Expected to be large: never formatted into the small write.
+        format_in(&mut queue, 0, FOLD_LIMIT + 1, &big, false);
+        // Only found large once formatted: split off.
+        format_in(&mut queue, 0, 512, "a2\n", false);
+        let mut queue2 = OutputQueue::<()>::new(1);
+        format_in(&mut queue2, 0, 512, "a1\n", false);
+        format_in(&mut queue2, 0, 512, &big, false);
+        for queue in [&mut queue, &mut queue2] {
+            let outputs = drain(queue);
+            assert_eq!(outputs[0], write(0, false, "a1\n"));
+            assert_eq!(outputs[1], write(0, false, &big));
+        }
     }
 }

@@ -270,7 +270,7 @@ impl AuditSink {
         }
     }
 
-    fn wants(&self, record: &AuditRecord<'_>) -> bool {
+    pub(crate) fn wants(&self, record: &AuditRecord<'_>) -> bool {
         match self.mode {
             AuditMode::All => true,
             AuditMode::SecurityOnly => {
@@ -307,7 +307,47 @@ impl AuditSink {
         self.failure.as_deref().filter(|_| self.critical)
     }
 
-    /// Formats `record` if this sink's mode wants it.
+    /// The room `record`'s line needs, about: sized for the recorded params
+    /// in the formats that write them, so a large argument is not copied
+    /// again and again while the line grows (nor 10 MiB reserved for a line
+    /// that leaves them out); 512 holds the usual record whole.
+    pub(crate) fn line_size_hint(&self, record: &AuditRecord<'_>) -> usize {
+        let params = match self.format {
+            AuditFormat::Json | AuditFormat::Debug => record.params.map_or(0, str::len),
+            AuditFormat::Line | AuditFormat::Csv => 0,
+        };
+        512 + params
+    }
+
+    /// Appends `record`'s line (which [`wants`](Self::wants) must have
+    /// accepted) to `out`, after whatever `out` holds, and plans its
+    /// rotation. Returns whether the file must be rotated before the line
+    /// is written. Formatting in place lets the gateway put a record
+    /// straight into the write it joins, instead of into a buffer of its
+    /// own that is then copied there.
+    pub(crate) fn append(&mut self, record: &AuditRecord<'_>, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        match self.format {
+            AuditFormat::Json => json::format(record, out),
+            AuditFormat::Line => line::format(record, out),
+            AuditFormat::Debug => debug::format(record, out),
+            AuditFormat::Csv => csv::format(record, &self.csv, out),
+        }
+        let line_len = out.len() - start;
+        let rotate_first = self.rotation.needs_rotation(line_len as u64);
+        if self.format == AuditFormat::Csv && (rotate_first || self.rotation.is_fresh()) {
+            // Every CSV file starts with its header, also after rotation.
+            let mut header = Vec::with_capacity(128);
+            csv::header(&self.csv, &mut header);
+            out.splice(start..start, header);
+        }
+        self.rotation
+            .record_write(rotate_first, (out.len() - start) as u64);
+        rotate_first
+    }
+
+    /// Formats `record` if this sink's mode wants it, as a write of its own.
+    #[cfg(test)]
     pub(crate) fn write(
         &mut self,
         id: AuditSinkId,
@@ -316,33 +356,8 @@ impl AuditSink {
         if !self.wants(record) {
             return None;
         }
-        // Sized for the recorded params in the formats that write them, so
-        // a large argument is not copied again and again while the line
-        // grows (nor 10 MiB reserved for a line that leaves them out).
-        let params = match self.format {
-            AuditFormat::Json | AuditFormat::Debug => record.params.map_or(0, str::len),
-            AuditFormat::Line | AuditFormat::Csv => 0,
-        };
-        // 512 holds the usual record whole: growing it would copy it.
-        let mut line = Vec::with_capacity(512 + params);
-        match self.format {
-            AuditFormat::Json => json::format(record, &mut line),
-            AuditFormat::Line => line::format(record, &mut line),
-            AuditFormat::Debug => debug::format(record, &mut line),
-            AuditFormat::Csv => csv::format(record, &self.csv, &mut line),
-        }
-        let rotate_first = self.rotation.needs_rotation(line.len() as u64);
-        let bytes = if self.format == AuditFormat::Csv && (rotate_first || self.rotation.is_fresh())
-        {
-            // Every CSV file starts with its header, also after rotation.
-            let mut with_header = Vec::with_capacity(line.len() + 128);
-            csv::header(&self.csv, &mut with_header);
-            with_header.extend_from_slice(&line);
-            with_header
-        } else {
-            line
-        };
-        self.rotation.record_write(rotate_first, bytes.len() as u64);
+        let mut bytes = Vec::with_capacity(self.line_size_hint(record));
+        let rotate_first = self.append(record, &mut bytes);
         Some(AuditWrite {
             sink: id,
             rotate_first,
