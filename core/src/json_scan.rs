@@ -57,16 +57,62 @@ pub(crate) struct EnvelopeSpans<'a> {
 }
 
 impl<'a> EnvelopeSpans<'a> {
-    fn slot(&mut self, key: &[u8]) -> Option<&mut Option<&'a str>> {
-        Some(match key {
-            b"jsonrpc" => &mut self.jsonrpc,
-            b"id" => &mut self.id,
-            b"method" => &mut self.method,
-            b"params" => &mut self.params,
-            b"result" => &mut self.result,
-            b"error" => &mut self.error,
-            _ => return None,
-        })
+    /// Records the text of `member`'s value.
+    #[inline(always)]
+    fn set(&mut self, member: Member, value: &'a str) {
+        let slot = match member {
+            Member::Jsonrpc => &mut self.jsonrpc,
+            Member::Id => &mut self.id,
+            Member::Method => &mut self.method,
+            Member::Params => &mut self.params,
+            Member::Result => &mut self.result,
+            Member::Error => &mut self.error,
+            Member::Other => return,
+        };
+        *slot = Some(value);
+    }
+}
+
+/// Which envelope member a key of the message names: worked out once per
+/// key, where comparing the key again at the start and the end of its
+/// value cost a string comparison each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Jsonrpc,
+    Id,
+    Method,
+    Params,
+    Result,
+    Error,
+    Other,
+}
+
+impl Member {
+    #[inline(always)]
+    fn of(key: Key<'_>) -> Member {
+        // Every member name is shorter than eight bytes: its first word
+        // decides (see `Key::is`).
+        if key.text.len() >= 8 {
+            return Member::Other;
+        }
+        const fn word(name: &[u8]) -> u64 {
+            KeyWords::of(name).first
+        }
+        const JSONRPC: u64 = word(b"jsonrpc");
+        const ID: u64 = word(b"id");
+        const METHOD: u64 = word(b"method");
+        const PARAMS: u64 = word(b"params");
+        const RESULT: u64 = word(b"result");
+        const ERROR: u64 = word(b"error");
+        match key.words.first {
+            JSONRPC => Member::Jsonrpc,
+            ID => Member::Id,
+            METHOD => Member::Method,
+            PARAMS => Member::Params,
+            RESULT => Member::Result,
+            ERROR => Member::Error,
+            _ => Member::Other,
+        }
     }
 }
 
@@ -158,13 +204,13 @@ impl ToolsWatch {
     /// A value starts at `i` at `depth` with `byte`; `member`: the
     /// envelope member it is in.
     #[inline(always)]
-    fn value(&mut self, depth: usize, i: usize, byte: u8, member: &[u8]) {
+    fn value(&mut self, depth: usize, i: usize, byte: u8, member: Member) {
         match depth {
-            1 if byte == b'{' && member == b"result" => {
+            1 if byte == b'{' && member == Member::Result => {
                 self.in_result = true;
                 self.index.result_start = Some(i);
             }
-            1 if byte == b'{' && member == b"params" => self.in_params = true,
+            1 if byte == b'{' && member == Member::Params => self.in_params = true,
             2 if self.call_next != 0 => self.call_start = i,
             2 if self.tools_next => {
                 self.tools_next = false;
@@ -190,20 +236,23 @@ impl ToolsWatch {
 
     /// A key was read in the object at `depth`.
     #[inline(always)]
-    fn key(&mut self, depth: usize, key: &[u8]) {
+    fn key(&mut self, depth: usize, key: Key<'_>) {
         match depth {
             2 if self.in_params => {
-                self.call_next = match key {
-                    b"name" => 1,
-                    b"arguments" => 2,
-                    _ => 0,
+                self.call_next = if key.is(b"name") {
+                    1
+                } else if key.text == b"arguments" {
+                    2
+                } else {
+                    0
                 }
             }
-            2 if self.in_result && key.eq_ignore_ascii_case(b"tools") => self.tools_next = true,
-            4 if self.in_tools && key.eq_ignore_ascii_case(b"name") => {
+            2 if self.in_result && key.is_ignoring_case(b"tools") => self.tools_next = true,
+            // Deeper keys have no words (see `Key`).
+            4 if self.in_tools && key.text.eq_ignore_ascii_case(b"name") => {
                 self.names += 1;
                 if self.names == 1 {
-                    self.exact = key == b"name";
+                    self.exact = key.text == b"name";
                     self.name_next = true;
                 }
             }
@@ -261,21 +310,36 @@ impl ToolsWatch {
 pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
+    // Keys are noted by their place as a `u32`.
+    if b.get(i) != Some(&b'{') || u32::try_from(b.len()).is_err() {
         return None;
     }
-    let mut keys = Keys::new();
+    let mut inline_keys = [SeenKey::default(); INLINE_KEYS];
+    let mut keys = Keys::new(&mut inline_keys);
     let mut spans = EnvelopeSpans::default();
     let mut watch = ToolsWatch::default();
     // `object[d]`: the container at depth d + 1 is an object.
     let mut object = [false; SCAN_DEPTH];
     let mut depth = 0usize;
     let mut in_object = false;
-    // The key of the envelope member whose value is being read, and where
-    // the value started.
-    let mut member: &[u8] = b"";
+    // The envelope member whose value is being read, and where the value
+    // started.
+    let mut member = Member::Other;
     let mut member_start = 0;
+    // Whether a key comes before the next value: read in one place, where
+    // the key check is written out once.
+    let mut key_next = false;
     'value: loop {
+        if key_next {
+            let key;
+            (i, key) = keys.key(b, skip_ws(b, i), depth)?;
+            if depth <= WATCH_DEPTH {
+                watch.key(depth, key);
+                if depth == 1 {
+                    member = Member::of(key);
+                }
+            }
+        }
         // A value starts at `i` (after whitespace).
         i = skip_ws(b, i);
         let byte = *b.get(i)?;
@@ -301,18 +365,11 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
                     in_object = depth > 0 && object[depth - 1];
                     i += 1;
                     watch.close(depth, i);
-                } else if in_object {
-                    keys.open(depth);
-                    let key;
-                    (i, key) = keys.key(b, i, depth)?;
-                    if depth <= WATCH_DEPTH {
-                        watch.key(depth, key);
-                        if depth == 1 {
-                            member = key;
-                        }
-                    }
-                    continue 'value;
                 } else {
+                    if in_object {
+                        keys.open(depth);
+                    }
+                    key_next = in_object;
                     continue 'value;
                 }
             }
@@ -328,9 +385,7 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
         loop {
             if depth <= WATCH_DEPTH {
                 if depth == 1 {
-                    if let Some(slot) = spans.slot(member) {
-                        *slot = Some(&text[member_start..i]);
-                    }
+                    spans.set(member, &text[member_start..i]);
                 }
                 watch.value_end(depth, i);
                 if depth == 0 {
@@ -353,16 +408,7 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
             match *b.get(i)? {
                 b',' => {
                     i += 1;
-                    if in_object {
-                        let key;
-                        (i, key) = keys.key(b, skip_ws(b, i), depth)?;
-                        if depth <= WATCH_DEPTH {
-                            watch.key(depth, key);
-                            if depth == 1 {
-                                member = key;
-                            }
-                        }
-                    }
+                    key_next = in_object;
                     continue 'value;
                 }
                 b'}' if in_object => keys.close(depth),
@@ -380,11 +426,16 @@ pub(crate) fn scan_message(text: &str) -> Option<Scanned<'_>> {
 }
 
 /// The keys of the open objects, for finding repeats.
-struct Keys<'a> {
+struct Keys<'a, 's> {
     /// Keys of all open objects, outermost first.
-    keys: KeyStack<'a>,
-    /// `start[d]`: where the keys of the object at depth d + 1 begin.
-    start: [usize; SCAN_DEPTH],
+    seen: KeyStack<'s>,
+    /// Where the keys of the object at depth d + 1 begin in `seen`, for
+    /// the first [`INLINE_DEPTH`] levels: kept small so that setting it up
+    /// for every message costs little.
+    start: [u32; INLINE_DEPTH],
+    /// The same for deeper levels (`deep_start[0]` for depth
+    /// `INLINE_DEPTH + 1`), grown when one is first reached.
+    deep_start: Vec<u32>,
     /// Objects with many keys, innermost last, with their depth.
     sets: Vec<(usize, BTreeSet<&'a [u8]>)>,
     /// The depth of the innermost set (`usize::MAX` for none): checked for
@@ -392,26 +443,103 @@ struct Keys<'a> {
     set_depth: usize,
 }
 
-impl<'a> Keys<'a> {
-    fn new() -> Self {
+/// Levels of [`Keys::start`] kept in place.
+const INLINE_DEPTH: usize = 16;
+
+/// A key of an open object: small, and all zeros when empty, so that the
+/// in-place stack of them is cheap to set up for every message.
+#[derive(Clone, Copy, Default)]
+struct SeenKey {
+    /// A summary of the key that differs for most different keys: one
+    /// comparison clears most pairs before the texts are compared. Near
+    /// the envelope it is [`KeyWords::folded`], which is also equal for
+    /// keys equal but for ASCII case; deeper, the length and last byte.
+    tag: u64,
+    /// Where its text is in the message (which is shorter than 4 GiB).
+    at: u32,
+    len: u32,
+}
+
+impl SeenKey {
+    #[inline(always)]
+    fn text(self, b: &[u8]) -> &[u8] {
+        &b[self.at as usize..][..self.len as usize]
+    }
+}
+
+/// A key just read: its text, and, near the envelope, its [`KeyWords`].
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    text: &'a [u8],
+    words: KeyWords,
+}
+
+impl Key<'_> {
+    /// Whether the key is exactly `name`, which is shorter than eight
+    /// bytes: the key's first word (zero-padded) says it, since no key
+    /// holds a zero byte. Only for keys with words.
+    #[inline(always)]
+    fn is(self, name: &[u8]) -> bool {
+        self.words.first == KeyWords::of(name).first && self.text.len() == name.len()
+    }
+
+    /// [`Key::is`], ignoring ASCII case; `name` must be ASCII letters
+    /// only, whose case folding is setting bit 5.
+    #[inline(always)]
+    fn is_ignoring_case(self, name: &[u8]) -> bool {
+        let fold = ONES * 0x20;
+        self.text.len() == name.len() && self.words.first | fold == KeyWords::of(name).first | fold
+    }
+}
+
+impl<'a, 's> Keys<'a, 's> {
+    fn new(inline: &'s mut [SeenKey; INLINE_KEYS]) -> Self {
         Keys {
-            keys: KeyStack::new(),
-            start: [0; SCAN_DEPTH],
+            seen: KeyStack {
+                inline,
+                inline_len: 0,
+                heap: Vec::new(),
+            },
+            start: [0; INLINE_DEPTH],
+            deep_start: Vec::new(),
             sets: Vec::new(),
             set_depth: usize::MAX,
         }
     }
 
+    /// Where the keys of the object at `depth` begin.
+    #[inline(always)]
+    fn start(&self, depth: usize) -> usize {
+        match self.start.get(depth - 1) {
+            Some(&start) => start as usize,
+            None => self.deep_start[depth - 1 - INLINE_DEPTH] as usize,
+        }
+    }
+
     /// An object opens at `depth` (1 = the message).
-    #[inline]
+    #[inline(always)]
     fn open(&mut self, depth: usize) {
-        self.start[depth - 1] = self.keys.len();
+        // Fewer than 4 Gi keys, as the message is shorter than 4 GiB.
+        let len = self.seen.len() as u32;
+        match self.start.get_mut(depth - 1) {
+            Some(start) => *start = len,
+            None => self.open_deep(depth, len),
+        }
+    }
+
+    #[cold]
+    fn open_deep(&mut self, depth: usize, len: u32) {
+        let at = depth - 1 - INLINE_DEPTH;
+        if self.deep_start.len() <= at {
+            self.deep_start.resize(at + 1, 0);
+        }
+        self.deep_start[at] = len;
     }
 
     /// The object at `depth` closes.
-    #[inline]
+    #[inline(always)]
     fn close(&mut self, depth: usize) {
-        self.keys.truncate(self.start[depth - 1]);
+        self.seen.truncate(self.start(depth));
         if self.set_depth == depth {
             self.sets.pop();
             self.set_depth = self.sets.last().map_or(usize::MAX, |(d, _)| *d);
@@ -422,55 +550,172 @@ impl<'a> Keys<'a> {
     /// and the colon after it; returns where its value starts, and the key.
     /// `None` for a key to leave to the full check.
     #[inline(always)]
-    fn key(&mut self, b: &'a [u8], i: usize, depth: usize) -> Option<(usize, &'a [u8])> {
+    fn key(&mut self, b: &'a [u8], i: usize, depth: usize) -> Option<(usize, Key<'a>)> {
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let (end, escaped) = string_end(b, i + 1)?;
-        if escaped {
-            return None;
-        }
-        let key = &b[i + 1..end];
-        if self.set_depth == depth {
-            let (_, set) = self.sets.last_mut()?;
-            if !set.insert(key) {
+        let (end, key) = if depth <= CASE_CHECK_DEPTH {
+            // Near the envelope: keys are also compared ignoring case, and
+            // read by the watch; their words serve both.
+            let (end, words) = key_end(b, i + 1)?;
+            let text = &b[i + 1..end];
+            if !words.is_ascii(text) {
                 return None;
             }
-        } else if self.keys.len() == self.start[depth - 1]
-            && (depth > CASE_CHECK_DEPTH || key.is_ascii())
-        {
-            // The object's first key: nothing to compare it with.
-            self.keys.push(key);
+            let tag = words.folded(text.len());
+            self.add(b, i + 1, text, tag, depth, true)?;
+            (end, Key { text, words })
         } else {
-            let first = self.start[depth - 1];
-            let mine = self.keys.from(first);
-            for k in mine {
-                // Different keys of one length usually differ in their last
-                // byte too: compared inline before the library call.
-                if k.len() == key.len() && k.last() == key.last() && *k == key {
-                    return None;
-                }
-            }
-            if depth <= CASE_CHECK_DEPTH
-                && (!key.is_ascii()
-                    || mine.len() >= LINEAR_SCAN_KEYS
-                    || mine.iter().any(|k| k.eq_ignore_ascii_case(key)))
-            {
+            let (end, escaped) = string_end(b, i + 1)?;
+            if escaped {
                 return None;
             }
-            self.keys.push(key);
-            if self.keys.len() - first > LINEAR_SCAN_KEYS {
-                let set = self.keys.drain_from(first);
-                self.sets.push((depth, set));
-                self.set_depth = depth;
-            }
-        }
+            let text = &b[i + 1..end];
+            // Different keys of one length usually differ in their last
+            // byte too.
+            let tag = (text.len() as u64) << 8 | u64::from(text.last().copied().unwrap_or(0));
+            self.add(b, i + 1, text, tag, depth, false)?;
+            let words = KeyWords { first: 0, last: 0 };
+            (end, Key { text, words })
+        };
         if b.get(end + 1) == Some(&b':') {
             return Some((end + 2, key));
         }
         let colon = skip_ws(b, end + 1);
         (b.get(colon) == Some(&b':')).then_some((colon + 1, key))
     }
+
+    /// Notes the key `text` at `at` with `tag`, unless its object has it
+    /// already (or has it but for ASCII case if `any_case`).
+    #[inline(always)]
+    fn add(
+        &mut self,
+        b: &'a [u8],
+        at: usize,
+        text: &'a [u8],
+        tag: u64,
+        depth: usize,
+        any_case: bool,
+    ) -> Option<()> {
+        if self.set_depth == depth {
+            let (_, set) = self.sets.last_mut()?;
+            return set.insert(text).then_some(());
+        }
+        let first = self.start(depth);
+        let key = SeenKey {
+            tag,
+            // The message is shorter than 4 GiB.
+            at: at as u32,
+            len: text.len() as u32,
+        };
+        let earlier = self.seen.push_unique(b, first, key, text, any_case)?;
+        if earlier >= LINEAR_SCAN_KEYS {
+            if any_case {
+                return None;
+            }
+            let set = self.seen.drain_from(b, first);
+            self.sets.push((depth, set));
+            self.set_depth = depth;
+        }
+        Some(())
+    }
+}
+
+/// The first and last eight bytes of a key (zero-padded, and `last` zero,
+/// for a key shorter than eight bytes): enough to tell most keys apart,
+/// and to see whether a short key is ASCII, without reading it again.
+#[derive(Clone, Copy)]
+struct KeyWords {
+    first: u64,
+    last: u64,
+}
+
+impl KeyWords {
+    /// The words of `key`, read from the key itself.
+    #[inline(always)]
+    const fn of(key: &[u8]) -> KeyWords {
+        match (key.first_chunk::<8>(), key.last_chunk::<8>()) {
+            (Some(first), Some(last)) => KeyWords {
+                first: u64::from_le_bytes(*first),
+                last: u64::from_le_bytes(*last),
+            },
+            _ => {
+                let mut first = 0;
+                let mut at = key.len();
+                while at > 0 {
+                    at -= 1;
+                    first = first << 8 | key[at] as u64;
+                }
+                KeyWords { first, last: 0 }
+            }
+        }
+    }
+
+    /// Whether `key`, whose words these are, is ASCII.
+    #[inline(always)]
+    fn is_ascii(self, key: &[u8]) -> bool {
+        if key.len() > 16 {
+            return key.is_ascii();
+        }
+        (self.first | self.last) & HIGHS == 0
+    }
+
+    /// A summary of a key of `len` bytes with these words, equal for two
+    /// keys equal but for ASCII case (setting bit 5 of every byte maps
+    /// `A` and `a` alike), and unequal for most other pairs.
+    #[inline(always)]
+    fn folded(self, len: usize) -> u64 {
+        let fold = ONES * 0x20;
+        ((self.first | fold) ^ (self.last | fold).rotate_left(29)).wrapping_add(len as u64)
+    }
+}
+
+/// For the key whose text starts at `i` (just after the opening quote):
+/// the index of its closing quote and its [`KeyWords`]. `None` if the key
+/// has an escape (left to the full check), is invalid or does not end.
+#[inline(always)]
+fn key_end(b: &[u8], i: usize) -> Option<(usize, KeyWords)> {
+    // Most keys end within two words, read once for both the end and the
+    // words.
+    if let Some(first) = word_at(b, i) {
+        let hits = special_bytes(first);
+        if hits != 0 {
+            let k = hits.trailing_zeros() / 8;
+            if (first >> (8 * k)) as u8 != b'"' {
+                return None;
+            }
+            let words = KeyWords {
+                first: first & ((1 << (8 * k)) - 1),
+                last: 0,
+            };
+            return Some((i + k as usize, words));
+        }
+        if let Some(second) = word_at(b, i + 8) {
+            let hits = special_bytes(second);
+            if hits != 0 {
+                let k = hits.trailing_zeros() / 8;
+                if (second >> (8 * k)) as u8 != b'"' {
+                    return None;
+                }
+                let end = i + 8 + k as usize;
+                let last = word_at(b, end - 8)?;
+                return Some((end, KeyWords { first, last }));
+            }
+        }
+    }
+    key_end_slow(b, i)
+}
+
+#[inline(never)]
+fn key_end_slow(b: &[u8], i: usize) -> Option<(usize, KeyWords)> {
+    let (end, escaped) = string_end(b, i)?;
+    (!escaped).then(|| (end, KeyWords::of(&b[i..end])))
+}
+
+/// The eight bytes at `i`, if there are eight.
+#[inline(always)]
+fn word_at(b: &[u8], i: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(*b.get(i..)?.first_chunk::<8>()?))
 }
 
 /// Keys held on the stack before [`KeyStack`] moves to the heap: more
@@ -480,65 +725,90 @@ const INLINE_KEYS: usize = 16;
 /// A stack of keys kept in place while it is short: every message is
 /// scanned, and allocating a list for each was a measurable share of a
 /// small message's cost.
-struct KeyStack<'a> {
-    inline: [&'a [u8]; INLINE_KEYS],
-    /// Keys in `inline`, until it overflows.
+struct KeyStack<'s> {
+    /// The keys, while `heap` is empty.
+    inline: &'s mut [SeenKey; INLINE_KEYS],
     inline_len: usize,
-    /// All keys, once more than [`INLINE_KEYS`] were open at once.
-    heap: Option<Vec<&'a [u8]>>,
+    /// All keys, once more than [`INLINE_KEYS`] were open at once (and
+    /// until they are all closed).
+    heap: Vec<SeenKey>,
 }
 
-impl<'a> KeyStack<'a> {
-    fn new() -> Self {
-        KeyStack {
-            inline: [&[]; INLINE_KEYS],
-            inline_len: 0,
-            heap: None,
+impl KeyStack<'_> {
+    #[inline(always)]
+    fn all(&self) -> &[SeenKey] {
+        if self.heap.is_empty() {
+            &self.inline[..self.inline_len]
+        } else {
+            &self.heap
         }
     }
 
     #[inline(always)]
     fn len(&self) -> usize {
-        self.heap.as_ref().map_or(self.inline_len, Vec::len)
-    }
-
-    #[inline(always)]
-    fn push(&mut self, key: &'a [u8]) {
-        match &mut self.heap {
-            Some(heap) => heap.push(key),
-            None if self.inline_len < INLINE_KEYS => {
-                self.inline[self.inline_len] = key;
-                self.inline_len += 1;
-            }
-            None => {
-                let mut heap = Vec::with_capacity(4 * INLINE_KEYS);
-                heap.extend_from_slice(&self.inline);
-                heap.push(key);
-                self.heap = Some(heap);
-            }
+        if self.heap.is_empty() {
+            self.inline_len
+        } else {
+            self.heap.len()
         }
     }
 
+    /// Pushes `key`, whose text is `text`, unless one from `first` on is
+    /// the same (or the same but for ASCII case if `any_case`). Returns how many keys there were
+    /// from `first` on.
+    #[inline(always)]
+    fn push_unique(
+        &mut self,
+        b: &[u8],
+        first: usize,
+        key: SeenKey,
+        text: &[u8],
+        any_case: bool,
+    ) -> Option<usize> {
+        let mine = self.all().get(first..)?;
+        for k in mine {
+            if k.tag == key.tag {
+                let other = k.text(b);
+                if other == text || any_case && other.eq_ignore_ascii_case(text) {
+                    return None;
+                }
+            }
+        }
+        let earlier = mine.len();
+        if !self.heap.is_empty() {
+            self.heap.push(key);
+        } else if let Some(slot) = self.inline.get_mut(self.inline_len) {
+            *slot = key;
+            self.inline_len += 1;
+        } else {
+            self.spill(key);
+        }
+        Some(earlier)
+    }
+
+    #[cold]
+    fn spill(&mut self, key: SeenKey) {
+        self.heap.reserve(4 * INLINE_KEYS);
+        self.heap.extend_from_slice(&self.inline[..]);
+        self.heap.push(key);
+    }
+
+    /// Keeps the first `len` keys.
     #[inline(always)]
     fn truncate(&mut self, len: usize) {
-        match &mut self.heap {
-            Some(heap) => heap.truncate(len),
-            None => self.inline_len = self.inline_len.min(len),
+        if self.heap.is_empty() {
+            self.inline_len = self.inline_len.min(len);
+        } else {
+            // Back in place once every key is closed (the heap keeps its
+            // room for the next spill).
+            self.heap.truncate(len);
+            self.inline_len = 0;
         }
     }
 
-    /// The keys from position `first` on.
-    #[inline(always)]
-    fn from(&self, first: usize) -> &[&'a [u8]] {
-        match &self.heap {
-            Some(heap) => &heap[first..],
-            None => &self.inline[first..self.inline_len],
-        }
-    }
-
-    /// Removes the keys from position `first` on, as a set.
-    fn drain_from(&mut self, first: usize) -> BTreeSet<&'a [u8]> {
-        let set = self.from(first).iter().copied().collect();
+    /// Removes the keys from `first` on, and returns them as a set.
+    fn drain_from<'a>(&mut self, b: &'a [u8], first: usize) -> BTreeSet<&'a [u8]> {
+        let set = self.all()[first..].iter().map(|k| k.text(b)).collect();
         self.truncate(first);
         set
     }
@@ -877,6 +1147,109 @@ mod tests {
             assert_eq!(scan_message(&text), None, "repeat at level {repeat_at}");
             let unique = text.replace(&format!(",\"a{repeat_at}\":3"), ",\"z\":3");
             assert!(scan_message(&unique).is_some(), "{unique}");
+        }
+    }
+
+    #[test]
+    fn compares_keys_of_every_length_exactly_and_near_the_envelope_by_case() {
+        // Keys shorter than a word, of one and two words, and longer ones
+        // (whose middle the key summary does not see), at the depths where
+        // case counts (1 and 2) and below.
+        for key in [
+            "a",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghi",
+            "abcdefghijklmnop",
+            "abcdefghijklmnopq",
+            "abcdefghXjklmnopqrstuvwxyz",
+        ] {
+            let upper = key.to_ascii_uppercase();
+            // Differs only in the middle: same first and last words.
+            let middle = format!("{}Z{}", &key[..key.len() / 2], &key[key.len() / 2 + 1..]);
+            for (open, close, case_counts) in [
+                ("", "", true),
+                (r#""p":{"#, "}", true),
+                (r#""p":{"q":{"#, "}}", false),
+            ] {
+                let line = |other: &str| format!("{{{open}\"{key}\":1,\"{other}\":2{close}}}");
+                assert_eq!(scan_message(&line(key)), None, "{key} repeated");
+                assert_eq!(
+                    scan_message(&line(&upper)).is_none(),
+                    case_counts,
+                    "{key} vs {upper}"
+                );
+                assert!(scan_message(&line(&middle)).is_some(), "{key} vs {middle}");
+                let longer = format!("{key}x");
+                assert!(scan_message(&line(&longer)).is_some(), "{key} vs {longer}");
+            }
+        }
+        // Non-ASCII keys near the envelope go the full way, whatever
+        // their length; deeper they are fine.
+        for key in ["é", "abcdefgé", "abcdefghijklmnopé", "éabcdefghijklmnopq"] {
+            assert_eq!(
+                scan_message(&format!(r#"{{"p":{{"{key}":1}}}}"#)),
+                None,
+                "{key}"
+            );
+            assert!(scan_message(&format!(r#"{{"p":{{"q":{{"{key}":1}}}}}}"#)).is_some());
+        }
+    }
+
+    #[test]
+    fn reads_keys_that_end_near_the_end_of_the_line() {
+        // Fewer than eight bytes after a key's quote: read byte by byte.
+        for line in [
+            r#"{"a":1}"#,
+            r#"{"ab":{}}"#,
+            r#"{"b":0,"a":1}"#,
+            r#"{"x":{"y":1}}"#,
+        ] {
+            assert!(scan_message(line).is_some(), "{line}");
+        }
+        for line in [
+            r#"{"a":0,"a":1}"#,
+            r#"{"a":0,"A":1}"#,
+            r#"{"a":{"b":0,"b":1}}"#,
+            r#"{"a"#,
+        ] {
+            assert_eq!(scan_message(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn reads_the_members_through_whitespace_everywhere() {
+        let tight = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi","n":[1,{"a":null}]}}}"#;
+        let loose = " {\t\"jsonrpc\" :\r\n\"2.0\" , \"id\" : 1 ,\"method\":\"tools/call\" ,\n\"params\" : { \"name\" : \"echo\" , \"arguments\" : { \"text\" : \"hi\" , \"n\" : [ 1 , { \"a\" : null } ] } } } \n";
+        let (tight, loose) = (scan_message(tight).unwrap(), scan_message(loose).unwrap());
+        assert_eq!(loose.envelope.method, tight.envelope.method);
+        assert_eq!(loose.call.unwrap().name, Some("\"echo\""));
+        assert_eq!(
+            loose.call.unwrap().arguments.map(|a| a.replace(' ', "")),
+            tight.call.unwrap().arguments.map(str::to_owned)
+        );
+        assert_eq!(scan_message(r#"{"a":1 , "a" :2}"#), None);
+        assert_eq!(scan_message(r#"{ "p" : { "k" : 1 , "K" : 2 } }"#), None);
+    }
+
+    #[test]
+    fn finds_repeats_deeper_than_the_levels_kept_in_place() {
+        // Objects nested past INLINE_DEPTH keep their key lists apart too,
+        // on the way in and again on the way out.
+        for levels in [INLINE_DEPTH - 1, INLINE_DEPTH, INLINE_DEPTH + 1, 40] {
+            let open: String = (0..levels)
+                .map(|l| format!("{{\"k{l}\":0,\"v\":"))
+                .collect();
+            let close = "}".repeat(levels);
+            let line = format!("{open}1{close}");
+            assert!(scan_message(&line).is_some(), "{levels}");
+            // A repeat in the innermost object, and one after it closed.
+            let inner = format!("{open}{{\"x\":1,\"x\":2}}{close}");
+            assert_eq!(scan_message(&inner), None, "{levels}");
+            let after = format!("{open}{{\"x\":1}},\"v\":2{close}");
+            assert_eq!(scan_message(&after), None, "{levels}");
+            let fine = format!("{open}{{\"x\":1}},\"w\":2{close}");
+            assert!(scan_message(&fine).is_some(), "{levels}");
         }
     }
 
