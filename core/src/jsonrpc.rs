@@ -560,6 +560,19 @@ pub(crate) fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str(text).ok().map(Cow::Owned)
 }
 
+/// The bytes serde_json escapes in a string: control bytes, `"` and `\`.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        table[c] = true;
+        c += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Appends `s` as a JSON string literal, exactly as serde_json writes it.
 pub(crate) fn write_json_string(out: &mut Vec<u8>, s: &str) {
     // serde_json escapes only these bytes; a string without them (names,
@@ -567,11 +580,12 @@ pub(crate) fn write_json_string(out: &mut Vec<u8>, s: &str) {
     // checked without an early exit, which compiles to a few vector
     // instructions per 16 bytes; a short one (most audit fields) byte by
     // byte, which costs less than setting those up.
-    let escaped = |c: u8| (c < 0x20) | (c == b'"') | (c == b'\\');
     let plain = if s.len() <= 32 {
-        !s.bytes().any(escaped)
+        !s.bytes().any(|c| ESCAPED[usize::from(c)])
     } else {
-        !s.bytes().fold(false, |any, c| any | escaped(c))
+        !s.bytes().fold(false, |any, c| {
+            any | (c < 0x20) | (c == b'"') | (c == b'\\')
+        })
     };
     if plain {
         out.reserve(s.len() + 2);

@@ -7,36 +7,75 @@ use super::{AuditRecord, PluginMetadata};
 use crate::jsonrpc::{write_decimal, write_json_string};
 
 /// Appends `record` as one JSON line.
+///
+/// The timestamp always comes first, so every later field starts with
+/// `, `: each key is written with its separators as one literal, and the
+/// values the gateway names itself (event type, status, plugin, source)
+/// without an escape check. A record is written for every message, so
+/// the format's own bookkeeping is on the hot path.
 pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
-    let mut obj = ObjectWriter::new(out);
-    obj.key("timestamp");
-    write_timestamp(obj.out, record.timestamp);
-    obj.string("event_type", record.event_type.as_str());
-    obj.opt_string("method", record.method.as_deref());
-    obj.opt_string("tool", record.tool.as_deref());
-    obj.opt_string("status", record.status);
-    obj.opt_string("request_id", record.request_id.as_deref());
+    out.extend_from_slice(b"{\"timestamp\": ");
+    write_timestamp(out, record.timestamp);
+    out.extend_from_slice(b", \"event_type\": ");
+    write_known_string(out, record.event_type.as_str());
+    opt_string(out, b", \"method\": ", record.method.as_deref());
+    opt_string(out, b", \"tool\": ", record.tool.as_deref());
+    if let Some(status) = record.status {
+        out.extend_from_slice(b", \"status\": ");
+        write_known_string(out, status);
+    }
+    opt_string(out, b", \"request_id\": ", record.request_id.as_deref());
     if let Some(ms) = record.duration_ms {
-        obj.key("duration_ms");
-        write_decimal(obj.out, i128::from(ms));
+        out.extend_from_slice(b", \"duration_ms\": ");
+        write_decimal(out, i128::from(ms));
     }
-    obj.opt_string("plugin", record.plugin);
-    obj.opt_string("reason", record.reason.as_deref());
+    if let Some(plugin) = record.plugin {
+        out.extend_from_slice(b", \"plugin\": ");
+        write_known_string(out, plugin);
+    }
+    opt_string(out, b", \"reason\": ", record.reason.as_deref());
     if let Some(meta) = &record.plugin_metadata {
-        obj.key("plugin_metadata");
-        write_metadata(obj.out, meta);
+        out.extend_from_slice(b", \"plugin_metadata\": ");
+        write_metadata(out, meta);
     }
-    obj.opt_string("server_name", record.server_name.as_deref());
-    obj.string("source", record.source.as_str());
+    opt_string(out, b", \"server_name\": ", record.server_name.as_deref());
+    out.extend_from_slice(b", \"source\": ");
+    write_known_string(out, record.source.as_str());
     if let Some(code) = record.error_code {
-        obj.key("error_code");
-        write_decimal(obj.out, i128::from(code));
+        out.extend_from_slice(b", \"error_code\": ");
+        write_decimal(out, i128::from(code));
     }
-    obj.opt_string("error_message", record.error_message.as_deref());
+    opt_string(
+        out,
+        b", \"error_message\": ",
+        record.error_message.as_deref(),
+    );
     if let Some(params) = record.params {
-        obj.raw("params", params.as_bytes());
+        out.extend_from_slice(b", \"params\": ");
+        out.extend_from_slice(params.as_bytes());
     }
-    obj.finish();
+    out.extend_from_slice(b"}\n");
+}
+
+/// `key` (with its separators), then `value` as a JSON string, if there
+/// is a value.
+fn opt_string(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
+    if let Some(value) = value {
+        out.extend_from_slice(key);
+        write_json_string(out, value);
+    }
+}
+
+/// A string the gateway names itself (`EventType::as_str`, a status, a
+/// plugin, `Source::as_str`): plain ASCII, written without an escape check.
+fn write_known_string(out: &mut Vec<u8>, value: &'static str) {
+    debug_assert!(
+        value.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\'),
+        "{value:?} needs escaping"
+    );
+    out.push(b'"');
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'"');
 }
 
 /// ISO 8601 in UTC with milliseconds and a `Z`, e.g. `2024-06-16T10:30:15.123Z`.
@@ -77,45 +116,6 @@ fn write_timestamp(out: &mut Vec<u8>, ts: jiff::Timestamp) {
         out.push(b'0' + d as u8);
     }
     out.extend_from_slice(b"Z\"");
-}
-
-struct ObjectWriter<'o> {
-    out: &'o mut Vec<u8>,
-    first: bool,
-}
-
-impl<'o> ObjectWriter<'o> {
-    fn new(out: &'o mut Vec<u8>) -> Self {
-        out.push(b'{');
-        ObjectWriter { out, first: true }
-    }
-    /// `key` is one of the format's own field names: plain ASCII, written
-    /// as it is.
-    fn key(&mut self, key: &str) {
-        if !self.first {
-            self.out.extend_from_slice(b", ");
-        }
-        self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\": ");
-    }
-    fn string(&mut self, key: &str, value: &str) {
-        self.key(key);
-        write_json_string(self.out, value);
-    }
-    fn opt_string(&mut self, key: &str, value: Option<&str>) {
-        if let Some(value) = value {
-            self.string(key, value);
-        }
-    }
-    fn raw(&mut self, key: &str, json: &[u8]) {
-        self.key(key);
-        self.out.extend_from_slice(json);
-    }
-    fn finish(self) {
-        self.out.extend_from_slice(b"}\n");
-    }
 }
 
 /// Writes plugin metadata as a JSON object, with the same separators as
