@@ -85,6 +85,15 @@ impl RequestId {
         if text.starts_with('"') {
             return json_string(raw).map(RequestId::String);
         }
+        let digits = text.as_bytes();
+        if (1..=18).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
+            // The usual id, and always in range: read without the 128-bit
+            // parse.
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            return Some(RequestId::Number(i128::from(n)));
+        }
         if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
             return text.parse::<i128>().ok().and_then(|n| {
                 let in_range = n >= i128::from(i64::MIN) && n <= i128::from(u64::MAX);
@@ -708,6 +717,31 @@ fn next_member(text: &str, i: usize) -> Option<(String, Option<&str>, Option<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_ids_read_alike_on_both_paths() {
+        let raw = |s: &'static str| serde_json::from_str::<&RawValue>(s).expect("JSON");
+        let id = |s: &'static str| RequestId::from_raw(raw(s));
+        for n in [
+            0u64,
+            7,
+            10,
+            999_999_999_999_999_999,
+            1_000_000_000_000_000_000,
+            u64::MAX,
+        ] {
+            let text: &'static str = Box::leak(n.to_string().into_boxed_str());
+            assert_eq!(id(text), Some(RequestId::Number(i128::from(n))), "{text}");
+        }
+        assert_eq!(id("-5"), Some(RequestId::Number(-5)));
+        assert_eq!(
+            id("-9223372036854775808"),
+            Some(RequestId::Number(i128::from(i64::MIN)))
+        );
+        assert_eq!(id("18446744073709551616"), None);
+        assert_eq!(id("-9223372036854775809"), None);
+        assert_eq!(id("1.5"), None);
+    }
 
     #[test]
     fn strings_either_side_of_the_short_check_are_written_alike() {
