@@ -48,6 +48,10 @@ pub const STDERR_LINE_MAX: usize = 64 * 1024;
 pub(crate) struct OutputQueue {
     state: Mutex<QueueState>,
     changed: Condvar,
+    /// Whether [`QUEUE_BOUND`] bytes or more wait and the writer is alive,
+    /// as last set under the lock: a reader checks it before every read,
+    /// and there is nearly always room, so the usual check takes no lock.
+    full: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +164,7 @@ impl OutputQueue {
                 ..QueueState::default()
             }),
             changed: Condvar::new(),
+            full: AtomicBool::new(false),
         }
     }
 
@@ -174,6 +179,7 @@ impl OutputQueue {
         }
         state.queued_bytes += bytes.len();
         state.chunks.push_back(bytes);
+        self.note_fullness(&state);
     }
 
     /// Sends what was pushed: written here when that cannot block (the
@@ -203,6 +209,7 @@ impl OutputQueue {
                 }
                 state.chunks.pop_front();
             }
+            self.note_fullness(state);
         }
         // Wakes the writer for what is left, and whoever waits for room or
         // for the queue to drain. Waking the idle writer for nothing would
@@ -222,6 +229,9 @@ impl OutputQueue {
 
     /// Blocks while [`QUEUE_BOUND`] bytes or more wait to be written.
     pub(crate) fn wait_below_bound(&self) {
+        if !self.full.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.lock();
         while state.queued_bytes >= QUEUE_BOUND && !state.dead {
             state.waiting += 1;
@@ -292,6 +302,7 @@ impl OutputQueue {
         let mut state = self.lock();
         state.writing = false;
         state.queued_bytes = state.queued_bytes.saturating_sub(len);
+        self.note_fullness(&state);
         self.changed.notify_all();
     }
 
@@ -301,7 +312,17 @@ impl OutputQueue {
         state.direct = None;
         state.chunks.clear();
         state.queued_bytes = 0;
+        self.note_fullness(&state);
         self.changed.notify_all();
+    }
+
+    /// Sets [`full`](Self::full) from `state`; called under the lock after
+    /// every change of `queued_bytes` or `dead`.
+    fn note_fullness(&self, state: &QueueState) {
+        self.full.store(
+            state.queued_bytes >= QUEUE_BOUND && !state.dead,
+            Ordering::Release,
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -546,6 +567,23 @@ mod tests {
         queue.close();
         let written: Vec<u8> = rx.iter().flatten().collect();
         assert_eq!(written, b"one\ntwo\n");
+    }
+
+    #[test]
+    fn the_lock_free_fullness_check_follows_the_queue() {
+        let full = |queue: &OutputQueue| queue.full.load(Ordering::Acquire);
+        let queue = OutputQueue::default();
+        assert!(!full(&queue));
+        queue.push(vec![0; QUEUE_BOUND - 1]);
+        assert!(!full(&queue));
+        queue.push(vec![0; 1]);
+        assert!(full(&queue));
+        queue.written(1);
+        assert!(!full(&queue));
+        queue.push(vec![0; 1]);
+        assert!(full(&queue));
+        queue.writer_failed();
+        assert!(!full(&queue), "a dead writer must not hold readers");
     }
 
     #[test]
