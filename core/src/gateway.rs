@@ -18,7 +18,6 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
 /// How long the upstream gets after its stdin is closed before SIGTERM, and
 /// after SIGTERM before SIGKILL.
@@ -244,7 +243,7 @@ pub struct GatewayStats {
 #[derive(Debug)]
 pub struct Gateway {
     limits: Limits,
-    server_name: Option<Arc<str>>,
+    server_name: Option<String>,
     policies: SecurityPolicies,
     sinks: Vec<AuditSink>,
     client_framer: LineFramer,
@@ -273,9 +272,9 @@ pub struct Gateway {
     /// exit with 1 once the current input is handled.
     exit_after_input: bool,
     /// `clientInfo.name` from `initialize`, for the audit trail.
-    client_name: Option<Arc<str>>,
+    client_name: Option<String>,
     /// `serverInfo.name` from the `initialize` result, for the audit trail.
-    server_info_name: Option<Arc<str>>,
+    server_info_name: Option<String>,
 }
 
 impl Gateway {
@@ -294,7 +293,7 @@ impl Gateway {
         let outputs = OutputQueue::new(sinks.len());
         Gateway {
             limits: config.proxy.limits,
-            server_name: config.proxy.upstream.name.as_deref().map(Arc::from),
+            server_name: config.proxy.upstream.name.clone(),
             policies: SecurityPolicies::new(allowlists),
             sinks,
             client_framer: LineFramer::new(max),
@@ -524,7 +523,7 @@ impl Gateway {
         // up to 2025-11-25, `server/discover` with `_meta` since 2026-07-28).
         if method == "initialize" || method == "server/discover" {
             if let Some(name) = params.and_then(|p| peer_name(p, "clientInfo")) {
-                self.client_name = Some(Arc::from(name));
+                self.client_name = Some(name);
             }
         }
         // One parse of a tools/call's params gives both the tool and the
@@ -969,7 +968,7 @@ impl Gateway {
         };
         if pending.method == "initialize" || pending.method == "server/discover" {
             if let Some(name) = result.and_then(|r| peer_name(r, "serverInfo")) {
-                self.server_info_name = Some(Arc::from(name));
+                self.server_info_name = Some(name);
             }
         }
         let mut forwarded: Option<Vec<u8>> = None;
@@ -1314,23 +1313,38 @@ impl Gateway {
         self.audit(record);
     }
 
+    /// A record of `event`; [`audit`](Self::audit) adds the peer names.
     fn record(&self, now: Timestamp, event: EventType, source: Source) -> AuditRecord<'static> {
-        let mut record = AuditRecord::new(now, event, source);
-        record.server_name = self.server_name.clone();
-        record.source_name = match source {
-            Source::Client => self.client_name.clone(),
-            Source::Server => self.server_info_name.clone(),
-            Source::Gateway => None,
-        };
-        record
+        AuditRecord::new(now, event, source)
     }
 
+    /// Hands `record`, with the upstream's configured name and the
+    /// sender's own name, to every sink that wants it. The names are
+    /// borrowed from the gateway here, where the record is written, rather
+    /// than copied into it where it is made.
     fn audit(&mut self, record: AuditRecord) {
-        for (i, sink) in self.sinks.iter_mut().enumerate() {
+        let Gateway {
+            sinks,
+            outputs,
+            server_name,
+            client_name,
+            server_info_name,
+            ..
+        } = self;
+        let source_name = match record.source {
+            Source::Client => client_name.as_deref(),
+            Source::Server => server_info_name.as_deref(),
+            Source::Gateway => None,
+        };
+        let record = AuditRecord {
+            server_name: server_name.as_deref(),
+            source_name,
+            ..record
+        };
+        for (i, sink) in sinks.iter_mut().enumerate() {
             if sink.wants(&record) {
                 let size_hint = sink.line_size_hint(&record);
-                self.outputs
-                    .push_audit_with(AuditSinkId(i), size_hint, |out| sink.append(&record, out));
+                outputs.push_audit_with(AuditSinkId(i), size_hint, |out| sink.append(&record, out));
             }
         }
     }

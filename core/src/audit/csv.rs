@@ -51,7 +51,7 @@ pub(super) fn format(record: &AuditRecord<'_>, config: &CsvConfig, out: &mut Vec
         (record.plugin, false),
         (record.reason.as_deref(), false),
         (duration.as_deref(), true),
-        (record.server_name.as_deref(), false),
+        (record.server_name, false),
     ];
     for (i, (value, numeric)) in values.iter().enumerate() {
         if i > 0 {

@@ -23,10 +23,7 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
     if let Some(id) = &record.request_id {
         pair(out, "REQUEST_ID", id);
     }
-    let source = record
-        .source_name
-        .as_deref()
-        .unwrap_or(record.source.as_str());
+    let source = record.source_name.unwrap_or(record.source.as_str());
     pair(out, "SOURCE", source);
     pair(out, "EVENT", record.event_type.as_str());
     if let Some(method) = &record.method {
@@ -109,7 +106,7 @@ mod tests {
             Source::Client,
         );
         request.request_id = Some("123".into());
-        request.source_name = Some("claude_desktop".into());
+        request.source_name = Some("claude_desktop");
         request.method = Some("tools/call".into());
         request.tool = Some("list_directory".into());
         request.status = Some("ALLOWED");

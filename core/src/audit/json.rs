@@ -38,7 +38,7 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(b", \"plugin_metadata\": ");
         write_metadata(out, meta);
     }
-    opt_string(out, b", \"server_name\": ", record.server_name.as_deref());
+    opt_string(out, b", \"server_name\": ", record.server_name);
     out.extend_from_slice(b", \"source\": ");
     write_known_string(out, record.source.as_str());
     if let Some(code) = record.error_code {

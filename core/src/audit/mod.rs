@@ -13,7 +13,6 @@ use crate::config::{AuditFormat, AuditMode, CsvConfig, FileAuditingConfig};
 use crate::rotation::RotationPlan;
 use jiff::Timestamp;
 use std::borrow::Cow;
-use std::sync::Arc;
 
 /// What happened. The names are part of the audit format's public contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,9 +94,10 @@ impl Source {
 /// params are borrowed from it, since they can be as large as the message
 /// (a 10 MiB tool argument is then copied once, into the audit line, not
 /// twice). Method, tool, id and reason are borrowed too where they can be
-/// (from the message, the pending request or a fixed text), and the peer
-/// names are shared: a record is made for every message, and allocating a
-/// copy of each field was most of the core's per-message allocations.
+/// (from the message, the pending request or a fixed text), and so are the
+/// peer names (from the gateway, as the record is written): a record is made
+/// for every message, and allocating a copy of each field was most of the
+/// core's per-message allocations.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord<'a> {
     /// When the gateway saw the event (the `now` it was given).
@@ -108,7 +108,7 @@ pub struct AuditRecord<'a> {
     pub source: Source,
     /// The name the sender gave in the `initialize` handshake
     /// (`clientInfo.name` or `serverInfo.name`), once known.
-    pub source_name: Option<Arc<str>>,
+    pub source_name: Option<&'a str>,
     /// JSON-RPC method of the message (or of the request a response answers).
     pub method: Option<Cow<'a, str>>,
     /// Tool name, for `tools/call` and its response.
@@ -126,7 +126,7 @@ pub struct AuditRecord<'a> {
     /// Plugin-specific details, written as a JSON object.
     pub plugin_metadata: Option<PluginMetadata<'a>>,
     /// The upstream's configured name.
-    pub server_name: Option<Arc<str>>,
+    pub server_name: Option<&'a str>,
     /// The request's parameters as the client sent them (raw JSON text;
     /// for `tools/call`, the tool's `arguments`).
     pub params: Option<&'a str>,
