@@ -81,9 +81,13 @@ impl RequestId {
     }
 
     pub(crate) fn from_raw(raw: &RawValue) -> Option<RequestId> {
-        let text = raw.get();
+        RequestId::from_text(raw.get())
+    }
+
+    /// [`from_raw`](Self::from_raw) for the text of a valid JSON value.
+    pub(crate) fn from_text(text: &str) -> Option<RequestId> {
         if text.starts_with('"') {
-            return json_string(raw).map(RequestId::String);
+            return json_str_text(text).map(|s| RequestId::String(s.into_owned()));
         }
         let digits = text.as_bytes();
         if (1..=18).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
@@ -258,15 +262,15 @@ struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
-    /// The envelope from the spans the validating scan found.
-    fn from_spans(spans: &EnvelopeSpans<'a>) -> Self {
-        Envelope {
-            jsonrpc: spans.jsonrpc.map(borrowed_raw),
-            id: spans.id.map(borrowed_raw),
-            method: spans.method.map(borrowed_raw),
-            params: spans.params.map(borrowed_raw),
-            result: spans.result.map(borrowed_raw),
-            error: spans.error.map(borrowed_raw),
+    /// The members' texts, as the validating scan gives them.
+    fn spans(&self) -> EnvelopeSpans<'a> {
+        EnvelopeSpans {
+            jsonrpc: self.jsonrpc.map(RawValue::get),
+            id: self.id.map(RawValue::get),
+            method: self.method.map(RawValue::get),
+            params: self.params.map(RawValue::get),
+            result: self.result.map(RawValue::get),
+            error: self.error.map(RawValue::get),
         }
     }
 }
@@ -374,12 +378,7 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     // Anything unusual takes the full strict check below, unchanged.
     if first == Some(b'{') {
         if let Some(scanned) = crate::json_scan::scan_message(text) {
-            return classify(
-                text,
-                Envelope::from_spans(&scanned.envelope),
-                Some(scanned.tools),
-                scanned.call,
-            );
+            return classify(text, scanned.envelope, Some(scanned.tools), scanned.call);
         }
     }
     if let Err(problem) = check_strict(text) {
@@ -422,18 +421,20 @@ pub(crate) fn parse_message(line: &[u8]) -> Result<Message<'_>, Rejection> {
     }
     let env: Envelope<'_> = serde_json::from_str(text)
         .map_err(|e| Rejection::parse(format!("message is not valid JSON: {e}")))?;
-    classify(text, env, None, None)
+    classify(text, env.spans(), None, None)
 }
 
-/// Classifies the envelope of `line`.
+/// Classifies the envelope of `line`, given as the text of each member:
+/// `jsonrpc`, `id` and `method` are read from their text, and only the
+/// members handed on (`params`, `result`, `error`) become `&RawValue`s.
 fn classify<'a>(
     line: &'a str,
-    env: Envelope<'a>,
+    env: EnvelopeSpans<'a>,
     tools: Option<ToolsIndex>,
     call: Option<CallMembers<'a>>,
 ) -> Result<Message<'a>, Rejection> {
-    let method = env.method.map(|raw| json_str(raw).ok_or(raw));
-    let id = env.id.map(|raw| RequestId::from_raw(raw).ok_or(raw));
+    let method = env.method.map(|text| json_str_text(text).ok_or(text));
+    let id = env.id.map(|text| RequestId::from_text(text).ok_or(text));
     let shape = Shape::of(
         env.method.is_some(),
         env.id.is_some(),
@@ -449,7 +450,7 @@ fn classify<'a>(
         method: readable_method.clone().map(Cow::into_owned),
         shape,
     };
-    if env.jsonrpc.and_then(json_str).as_deref() != Some("2.0") {
+    if env.jsonrpc.and_then(json_str_text).as_deref() != Some("2.0") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));
     }
     if let Some(Err(_)) = &id {
@@ -463,7 +464,7 @@ fn classify<'a>(
                 return Err(invalid("a request cannot carry \"result\" or \"error\""));
             }
             if let Some(params) = env.params {
-                let kind = params.get().as_bytes().first();
+                let kind = params.as_bytes().first();
                 if !matches!(kind, Some(b'{') | Some(b'[')) {
                     return Err(invalid("\"params\" must be an object or an array"));
                 }
@@ -472,12 +473,12 @@ fn classify<'a>(
                 Some(id) => Message::Request {
                     id,
                     method,
-                    params: env.params,
+                    params: env.params.map(borrowed_raw),
                     call,
                 },
                 None => Message::Notification {
                     method,
-                    params: env.params,
+                    params: env.params.map(borrowed_raw),
                     call,
                 },
             })
@@ -485,7 +486,7 @@ fn classify<'a>(
         (None, Some(id)) => {
             let outcome = match (env.result, env.error) {
                 (Some(_), None) => Outcome::Success,
-                (None, Some(error)) => parse_error_object(error),
+                (None, Some(error)) => parse_error_object(borrowed_raw(error)),
                 (Some(_), Some(_)) => {
                     return Err(invalid(
                         "a response cannot carry both \"result\" and \"error\"",
@@ -500,7 +501,7 @@ fn classify<'a>(
             Ok(Message::Response {
                 id,
                 outcome,
-                result: env.result,
+                result: env.result.map(borrowed_raw),
                 tools,
                 line,
             })
@@ -561,7 +562,11 @@ pub(crate) fn json_string(raw: &RawValue) -> Option<String> {
 /// escapes (a raw value is valid JSON, so its text between the quotes is
 /// then the string itself): methods, names and ids nearly always.
 pub(crate) fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+    json_str_text(raw.get())
+}
+
+/// [`json_str`] for the text of a valid JSON value.
+fn json_str_text(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
         return Some(Cow::Borrowed(inner));
@@ -949,13 +954,9 @@ mod tests {
     #[test]
     fn the_fast_path_reads_what_the_full_parse_reads() {
         let line = r#" {"jsonrpc" : "2.0","id":"x","method":"tools/call","params":{"name":"a","arguments":{"t":"\"}"}}} "#;
-        let fast = crate::json_scan::scan_message(line).map(|s| Envelope::from_spans(&s.envelope));
+        let fast = crate::json_scan::scan_message(line).map(|s| s.envelope);
         let full: Envelope<'_> = serde_json::from_str(line).unwrap();
-        let get = |e: &Envelope<'_>| {
-            [e.jsonrpc, e.id, e.method, e.params, e.result, e.error]
-                .map(|r| r.map(RawValue::get).map(str::to_owned))
-        };
-        assert_eq!(get(&fast.unwrap()), get(&full));
+        assert_eq!(fast, Some(full.spans()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Separators follow the tutorial's examples (`", "` and `": "`), so lines
 //! look exactly like the documentation shows them; field order is fixed.
 
-use super::{AuditRecord, PluginMetadata};
+use super::{AuditRecord, IdText, PluginMetadata};
 use crate::jsonrpc::{write_decimal, write_json_string};
 
 /// Appends `record` as one JSON line.
@@ -24,7 +24,15 @@ pub(super) fn format(record: &AuditRecord<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(b", \"status\": ");
         write_known_string(out, status);
     }
-    opt_string(out, b", \"request_id\": ", record.request_id.as_deref());
+    match &record.request_id {
+        // Digits need neither an escape check nor a UTF-8 check.
+        Some(IdText::Digits { digits, start }) => {
+            out.extend_from_slice(b", \"request_id\": \"");
+            out.extend_from_slice(digits.get(usize::from(*start)..).unwrap_or_default());
+            out.push(b'"');
+        }
+        other => opt_string(out, b", \"request_id\": ", other.as_deref()),
+    }
     if let Some(ms) = record.duration_ms {
         out.extend_from_slice(b", \"duration_ms\": ");
         write_decimal(out, i128::from(ms));
