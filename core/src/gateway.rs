@@ -360,7 +360,7 @@ impl Gateway {
             }
             Input::ClientEof => self.on_client_eof(now),
             Input::UpstreamStarted { pid } => {
-                let mut record = self.record(now, EventType::UpstreamStarted, Source::Gateway);
+                let mut record = AuditRecord::new(now, EventType::UpstreamStarted, Source::Gateway);
                 record.reason = Some(format!("upstream server started (pid {pid})").into());
                 self.audit(record);
             }
@@ -490,7 +490,7 @@ impl Gateway {
                 if let Some(pending) = self.server_requests.remove(&id) {
                     let reason =
                         format!("the client sent an invalid response: {}", rejection.reason);
-                    let mut record = self.record(now, EventType::Response, Source::Gateway);
+                    let mut record = AuditRecord::new(now, EventType::Response, Source::Gateway);
                     record.method = Some(pending.method);
                     record.status = Some("error");
                     record.request_id = Some(id.text());
@@ -534,7 +534,7 @@ impl Gateway {
         } else {
             (None, request_params(&method, params))
         };
-        let mut record = self.record(now, EventType::Request, Source::Client);
+        let mut record = AuditRecord::new(now, EventType::Request, Source::Client);
         record.method = Some(method.clone());
         record.request_id = Some(id.text());
         record.tool = tool.as_ref().and_then(|t| t.as_ref().ok().cloned());
@@ -665,7 +665,7 @@ impl Gateway {
         call: Option<CallMembers<'_>>,
         now: Timestamp,
     ) -> Option<Fallback> {
-        let mut record = self.record(now, EventType::Notification, Source::Client);
+        let mut record = AuditRecord::new(now, EventType::Notification, Source::Client);
         if method == "tools/call" && !self.policies.is_empty() {
             // Not a valid MCP message, but a server might still run it: judge
             // it like a request. It has no id, so a block cannot be answered.
@@ -681,7 +681,7 @@ impl Gateway {
                 .decide_call(tool.as_deref().map_err(|e| e.as_str()))
             {
                 self.stats.blocked_requests += 1;
-                let mut block = self.record(now, EventType::SecurityBlock, Source::Client);
+                let mut block = AuditRecord::new(now, EventType::SecurityBlock, Source::Client);
                 block.method = Some(method);
                 block.tool = tool.ok();
                 block.status = Some("BLOCKED");
@@ -849,7 +849,7 @@ impl Gateway {
         params: Option<&RawValue>,
         now: Timestamp,
     ) {
-        let mut record = self.record(now, EventType::Notification, Source::Server);
+        let mut record = AuditRecord::new(now, EventType::Notification, Source::Server);
         if method == "notifications/cancelled" {
             if let Some(id) = cancelled_request_id(params) {
                 if let Some(pending) = self.server_requests.get_mut(&id) {
@@ -904,7 +904,7 @@ impl Gateway {
             self.protocol_error(Source::Server, Some(&id), Some(method), &reason, now);
             return None;
         }
-        let mut record = self.record(now, EventType::Request, Source::Server);
+        let mut record = AuditRecord::new(now, EventType::Request, Source::Server);
         record.method = Some(method.clone());
         record.request_id = Some(id.text());
         record.status = Some("ALLOWED");
@@ -952,7 +952,7 @@ impl Gateway {
     ) -> Option<(Fallback, Option<Vec<u8>>)> {
         let Some(pending) = self.take_client_request(&id) else {
             if let Some(why) = self.ended_unanswered.take(&id) {
-                let mut record = self.record(now, EventType::Response, Source::Server);
+                let mut record = AuditRecord::new(now, EventType::Response, Source::Server);
                 record.request_id = Some(id.text());
                 record.status = Some("dropped");
                 record.reason =
@@ -979,7 +979,7 @@ impl Gateway {
             if let Some(filtered) = filter_tools_list(line, tools.as_ref(), |name| {
                 self.policies.permits_tool(name)
             }) {
-                let mut record = self.record(now, EventType::ToolsFiltered, Source::Server);
+                let mut record = AuditRecord::new(now, EventType::ToolsFiltered, Source::Server);
                 record.method = Some(pending.method.clone());
                 record.request_id = Some(id.text());
                 record.plugin = Some(crate::policy::TOOL_ALLOWLIST);
@@ -1007,7 +1007,7 @@ impl Gateway {
     fn on_upstream_failed_to_start(&mut self, reason: &str, now: Timestamp) {
         let message = format!("Gatekit could not start the upstream MCP server: {reason}");
         log::error!(target: "gatekit.proxy.server", "{message}");
-        let mut record = self.record(now, EventType::UpstreamExited, Source::Gateway);
+        let mut record = AuditRecord::new(now, EventType::UpstreamExited, Source::Gateway);
         record.status = Some("error");
         record.reason = Some(Cow::Borrowed(&message));
         self.audit(record);
@@ -1094,7 +1094,7 @@ impl Gateway {
     }
 
     fn audit_upstream_exit(&mut self, status: ExitStatus, now: Timestamp) {
-        let mut record = self.record(now, EventType::UpstreamExited, Source::Gateway);
+        let mut record = AuditRecord::new(now, EventType::UpstreamExited, Source::Gateway);
         record.status = Some(if status == ExitStatus::Code(0) {
             "success"
         } else {
@@ -1262,7 +1262,7 @@ impl Gateway {
         message: &str,
         now: Timestamp,
     ) {
-        let mut record = self.record(now, EventType::Response, Source::Gateway);
+        let mut record = AuditRecord::new(now, EventType::Response, Source::Gateway);
         record.method = Some(Cow::Borrowed(method));
         record.tool = tool.map(Cow::Borrowed);
         record.status = Some("error");
@@ -1281,7 +1281,7 @@ impl Gateway {
         pending: &'r Pending,
         outcome: &Outcome,
     ) -> AuditRecord<'r> {
-        let mut record = self.record(now, EventType::Response, source);
+        let mut record = AuditRecord::new(now, EventType::Response, source);
         record.method = Some(Cow::Borrowed(&pending.method));
         record.tool = pending.tool.as_deref().map(Cow::Borrowed);
         record.request_id = Some(id.text());
@@ -1305,17 +1305,12 @@ impl Gateway {
         reason: &str,
         now: Timestamp,
     ) {
-        let mut record = self.record(now, EventType::ProtocolError, source);
+        let mut record = AuditRecord::new(now, EventType::ProtocolError, source);
         record.request_id = id.map(RequestId::text);
         record.method = method;
         record.status = Some("error");
         record.reason = Some(Cow::Borrowed(reason));
         self.audit(record);
-    }
-
-    /// A record of `event`; [`audit`](Self::audit) adds the peer names.
-    fn record(&self, now: Timestamp, event: EventType, source: Source) -> AuditRecord<'static> {
-        AuditRecord::new(now, event, source)
     }
 
     /// Hands `record`, with the upstream's configured name and the
@@ -1384,7 +1379,7 @@ impl Gateway {
             };
             let timeout = self.limits.request_timeout_ms.unwrap_or_default();
             let reason = format!("no answer from the upstream server within {timeout} ms (proxy.limits.request_timeout_ms)");
-            let mut record = self.record(now, EventType::Timeout, Source::Gateway);
+            let mut record = AuditRecord::new(now, EventType::Timeout, Source::Gateway);
             record.method = Some(pending.method.clone());
             record.tool = pending.tool.as_deref().map(Cow::Borrowed);
             record.request_id = Some(id.text());
@@ -1493,7 +1488,7 @@ impl Gateway {
             }
             Fallback::ClientResponse { id, method } => (false, id, Some(method), None),
         };
-        let mut record = self.record(now, EventType::Response, Source::Gateway);
+        let mut record = AuditRecord::new(now, EventType::Response, Source::Gateway);
         record.method = method;
         record.tool = tool.map(Cow::Owned);
         record.status = Some("error");

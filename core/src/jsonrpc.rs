@@ -87,7 +87,7 @@ impl RequestId {
     /// [`from_raw`](Self::from_raw) for the text of a valid JSON value.
     pub(crate) fn from_text(text: &str) -> Option<RequestId> {
         if text.starts_with('"') {
-            return json_str_text(text).map(|s| RequestId::String(s.into_owned()));
+            return json_str(text).map(|s| RequestId::String(s.into_owned()));
         }
         let digits = text.as_bytes();
         if (1..=18).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) {
@@ -433,7 +433,7 @@ fn classify<'a>(
     tools: Option<ToolsIndex>,
     call: Option<CallMembers<'a>>,
 ) -> Result<Message<'a>, Rejection> {
-    let method = env.method.map(|text| json_str_text(text).ok_or(text));
+    let method = env.method.map(|text| json_str(text).ok_or(text));
     let id = env.id.map(|text| RequestId::from_text(text).ok_or(text));
     let shape = Shape::of(
         env.method.is_some(),
@@ -450,7 +450,7 @@ fn classify<'a>(
         method: readable_method.clone().map(Cow::into_owned),
         shape,
     };
-    if env.jsonrpc.and_then(json_str_text).as_deref() != Some("2.0") {
+    if env.jsonrpc.and_then(json_str).as_deref() != Some("2.0") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));
     }
     if let Some(Err(_)) = &id {
@@ -555,18 +555,14 @@ pub(crate) fn owned_method(method: &str) -> Cow<'static, str> {
 
 /// Decodes a raw JSON value if it is a string (escapes resolved).
 pub(crate) fn json_string(raw: &RawValue) -> Option<String> {
-    json_str(raw).map(Cow::into_owned)
+    json_str(raw.get()).map(Cow::into_owned)
 }
 
-/// [`json_string`], borrowed from the raw text when the string has no
-/// escapes (a raw value is valid JSON, so its text between the quotes is
-/// then the string itself): methods, names and ids nearly always.
-pub(crate) fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    json_str_text(raw.get())
-}
-
-/// [`json_str`] for the text of a valid JSON value.
-fn json_str_text(text: &str) -> Option<Cow<'_, str>> {
+/// [`json_string`] for the text of a valid JSON value, borrowed from it
+/// when the string has no escapes (the text is valid JSON, so what lies
+/// between the quotes is then the string itself): methods, names and ids
+/// nearly always.
+fn json_str(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     if !inner.contains('\\') {
         return Some(Cow::Borrowed(inner));
@@ -725,8 +721,7 @@ mod tests {
 
     #[test]
     fn numeric_ids_read_alike_on_both_paths() {
-        let raw = |s: &'static str| serde_json::from_str::<&RawValue>(s).expect("JSON");
-        let id = |s: &'static str| RequestId::from_raw(raw(s));
+        let id = RequestId::from_text;
         for n in [
             0u64,
             7,
@@ -735,8 +730,8 @@ mod tests {
             1_000_000_000_000_000_000,
             u64::MAX,
         ] {
-            let text: &'static str = Box::leak(n.to_string().into_boxed_str());
-            assert_eq!(id(text), Some(RequestId::Number(i128::from(n))), "{text}");
+            let text = n.to_string();
+            assert_eq!(id(&text), Some(RequestId::Number(i128::from(n))), "{text}");
         }
         assert_eq!(id("-5"), Some(RequestId::Number(-5)));
         assert_eq!(
@@ -794,14 +789,13 @@ mod tests {
 
     #[test]
     fn strings_are_borrowed_unless_they_have_escapes() {
-        let raw = |s: &'static str| serde_json::from_str::<&RawValue>(s).expect("JSON");
         assert!(matches!(
-            json_str(raw(r#""tools/call""#)),
+            json_str(r#""tools/call""#),
             Some(Cow::Borrowed("tools/call"))
         ));
-        assert!(matches!(json_str(raw(r#""""#)), Some(Cow::Borrowed(""))));
-        assert_eq!(json_str(raw(r#""a\u0062\"c""#)).as_deref(), Some("ab\"c"));
-        assert_eq!(json_str(raw("17")), None);
+        assert!(matches!(json_str(r#""""#), Some(Cow::Borrowed(""))));
+        assert_eq!(json_str(r#""a\u0062\"c""#).as_deref(), Some("ab\"c"));
+        assert_eq!(json_str("17"), None);
         assert!(matches!(owned_method("tools/call"), Cow::Borrowed(_)));
         assert_eq!(owned_method("x/y"), "x/y");
     }
