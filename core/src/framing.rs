@@ -41,7 +41,12 @@ pub(crate) enum Frame<'a> {
 /// A complete line: read it with [`bytes`](Self::bytes), and pass it on with
 /// [`into_forwarded`](Self::into_forwarded).
 #[derive(Debug)]
-pub(crate) struct Line<'a>(LineBytes<'a>);
+pub(crate) struct Line<'a> {
+    bytes: LineBytes<'a>,
+    /// How many bytes of the chunk come after the line: the most that
+    /// the messages forwarded after it from this chunk can add.
+    following: usize,
+}
 
 #[derive(Debug)]
 enum LineBytes<'a> {
@@ -56,7 +61,7 @@ enum LineBytes<'a> {
 impl Line<'_> {
     /// The line, without its `\n` (and without a trailing `\r`).
     pub(crate) fn bytes(&self) -> &[u8] {
-        match &self.0 {
+        match &self.bytes {
             LineBytes::InChunk(line) => line,
             LineBytes::Gathered(buffer) => buffer,
         }
@@ -66,23 +71,27 @@ impl Line<'_> {
     /// A large line gathered from several chunks is handed over in the
     /// buffer it was gathered in, not copied (a 10 MiB message would
     /// otherwise be held twice); any other line is copied out, which leaves
-    /// a small buffer with the framer for the next line.
-    pub(crate) fn into_forwarded(self) -> Vec<u8> {
-        match self.0 {
+    /// a small buffer with the framer for the next line. A copy has room
+    /// for the rest of the chunk, up to `room` bytes, which the messages
+    /// forwarded after it join (see `OutputQueue::push_forward`): a chunk
+    /// of many messages then costs one buffer, not one that grows.
+    pub(crate) fn into_forwarded(self, room: usize) -> Vec<u8> {
+        let room = self.following.min(room);
+        match self.bytes {
             LineBytes::Gathered(buffer) if buffer.capacity() > RETAINED_BUFFER_BYTES => {
                 let mut line = std::mem::take(buffer);
                 line.push(b'\n'); // within capacity: room was left for it
                 line
             }
-            LineBytes::Gathered(buffer) => with_newline(buffer),
-            LineBytes::InChunk(line) => with_newline(line),
+            LineBytes::Gathered(buffer) => with_newline(buffer, room),
+            LineBytes::InChunk(line) => with_newline(line, room),
         }
     }
 }
 
-/// `line` followed by `\n`, in a buffer of exactly that size.
-fn with_newline(line: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(line.len() + 1);
+/// `line` followed by `\n`, in a buffer with `room` bytes to spare.
+fn with_newline(line: &[u8], room: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len() + 1 + room);
     out.extend_from_slice(line);
     out.push(b'\n');
     out
@@ -149,7 +158,10 @@ impl LineFramer {
         if self.frame.is_empty() {
             return None; // a last line of just "\r" is blank, like any other
         }
-        Some(Frame::Line(Line(LineBytes::Gathered(&mut self.frame))))
+        Some(Frame::Line(Line {
+            bytes: LineBytes::Gathered(&mut self.frame),
+            following: 0,
+        }))
     }
 
     /// Starts framing a new chunk with [`next_frame_in`](Self::next_frame_in).
@@ -209,7 +221,10 @@ impl LineFramer {
                         if end == start {
                             continue; // blank line: ignored
                         }
-                        return Some(Frame::Line(Line(LineBytes::InChunk(&input[start..end]))));
+                        return Some(Frame::Line(Line {
+                            bytes: LineBytes::InChunk(&input[start..end]),
+                            following: input.len() - self.pos,
+                        }));
                     }
                     // One byte more: room for the newline when forwarded.
                     self.partial.reserve(pos + 1);
@@ -219,7 +234,10 @@ impl LineFramer {
                     if self.frame.is_empty() {
                         continue;
                     }
-                    return Some(Frame::Line(Line(LineBytes::Gathered(&mut self.frame))));
+                    return Some(Frame::Line(Line {
+                        bytes: LineBytes::Gathered(&mut self.frame),
+                        following: input.len() - self.pos,
+                    }));
                 }
                 (None, None) => {
                     let line_len = self.partial.len() + unframed.len();
@@ -359,13 +377,13 @@ mod tests {
             framer.begin();
             while let Some(frame) = framer.next_frame_in(piece) {
                 if let Frame::Line(line) = frame {
-                    out.extend(line.into_forwarded());
+                    out.extend(line.into_forwarded(0));
                 }
             }
             held.push(framer.partial.capacity() + framer.frame.capacity());
         }
         if let Some(Frame::Line(line)) = framer.finish() {
-            out.extend(line.into_forwarded());
+            out.extend(line.into_forwarded(0));
         }
         (out, held)
     }

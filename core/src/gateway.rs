@@ -11,7 +11,7 @@ use crate::jsonrpc::{
     self, error_response, owned_method, parse_message, Message, Outcome, Rejection, RequestId,
     Shape,
 };
-use crate::output_queue::OutputQueue;
+use crate::output_queue::{Fallbacks, Forwarded, OutputQueue, Peer};
 use crate::policy::{CallDecision, SecurityPolicies, ToolAllowlist};
 use crate::tools_filter::filter_tools_list;
 use jiff::{SignedDuration, Timestamp};
@@ -465,7 +465,8 @@ impl Gateway {
             }
         };
         if let Some(fallback) = pass {
-            self.forward(Output::ToUpstream(line.into_forwarded()), fallback);
+            self.outputs
+                .push_forward(Peer::Upstream, Forwarded::Line(line), fallback);
         }
     }
 
@@ -813,8 +814,11 @@ impl Gateway {
             }
         };
         if let Some((fallback, replacement)) = pass {
-            let forwarded = replacement.unwrap_or_else(|| line.into_forwarded());
-            self.forward(Output::ToClient(forwarded), fallback);
+            let forwarded = match replacement {
+                Some(made) => Forwarded::Made(made),
+                None => Forwarded::Line(line),
+            };
+            self.outputs.push_forward(Peer::Client, forwarded, fallback);
         }
     }
 
@@ -1409,17 +1413,15 @@ impl Gateway {
     }
 
     /// Queues an output that carries no peer data (a gateway reply, a signal).
-    fn emit(&mut self, output: Output) {
-        self.outputs.push(output, None);
-    }
-
-    /// Queues a forwarded message, whose audit record was queued just before.
-    /// If writing that record fails (reported with [`Input::AuditWriteFailed`]
-    /// before this output is polled), the fallback goes out instead. A sink
+    ///
+    /// Forwarded messages are queued with `OutputQueue::push_forward`, each
+    /// just after its audit record, with the fallback that goes out instead
+    /// if writing that record fails (reported with
+    /// [`Input::AuditWriteFailed`] before the message is polled). A sink
     /// that failed earlier is not judged in advance: the write of this
     /// message's record is what tells whether it works again.
-    fn forward(&mut self, output: Output, fallback: Fallback) {
-        self.outputs.push(output, Some(fallback));
+    fn emit(&mut self, output: Output) {
+        self.outputs.push(output, Fallbacks::None);
     }
 
     /// The reason a critical audit sink cannot be written, if one cannot.
@@ -1453,12 +1455,14 @@ impl Gateway {
         // Messages queued after their (now lost) records must not pass.
         let queued = self.outputs.take_all();
         for entry in queued {
-            match entry.fallback {
-                None => self.outputs.push(entry.output, None),
-                Some(fallback) => {
-                    if let Some(replacement) = self.fall_back(fallback, now) {
-                        self.emit(replacement);
-                    }
+            if let Fallbacks::None = entry.fallbacks {
+                self.outputs.push(entry.output, Fallbacks::None);
+                continue;
+            }
+            // Every message of a joined forward, in order.
+            for fallback in entry.fallbacks {
+                if let Some(replacement) = self.fall_back(fallback, now) {
+                    self.emit(replacement);
                 }
             }
         }

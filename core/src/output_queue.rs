@@ -1,5 +1,6 @@
 //! The gateway's queue of outputs, which folds the audit records of one
-//! input into one write per sink.
+//! input into one write per sink, and the messages it forwards into one
+//! buffer per peer.
 //!
 //! A chunk read from a busy peer holds many messages, and each message has
 //! an audit record. Handing the runtime one write per record would cost one
@@ -11,17 +12,83 @@
 //! and a sink's records stay in their order. If that combined write fails,
 //! everything queued after it is judged as if its own record had failed:
 //! the gateway fails closed for the whole batch.
+//!
+//! The forwarded messages of such a chunk are appended to one buffer per
+//! peer in the same way, straight from the line, when nothing else was
+//! queued since the previous one: a buffer (of more than a kilobyte for a
+//! 1 KiB message) per message was a measurable share of a busy gateway's
+//! time, and the runtime copied them into one write anyway. A joined
+//! forward keeps the fallback of each of its messages, in order.
 
 use crate::audit::{AuditSinkId, AuditWrite};
+use crate::framing::Line;
 use crate::gateway::Output;
 use std::collections::VecDeque;
 
-/// An output waiting to be polled, with what replaces it (`F`, the
-/// gateway's fallback) if the audit log fails before it is carried out.
+/// An output waiting to be polled, with what replaces each message in it
+/// (`F`, the gateway's fallback) if the audit log fails before it is
+/// carried out.
 #[derive(Debug)]
 pub(crate) struct Queued<F> {
     pub(crate) output: Output,
-    pub(crate) fallback: Option<F>,
+    pub(crate) fallbacks: Fallbacks<F>,
+}
+
+/// The fallbacks of a queued output: none for what the gateway says
+/// itself, one per forwarded message otherwise. Kept without a `Vec` for
+/// the usual single message, which must not cost an allocation.
+#[derive(Debug)]
+pub(crate) enum Fallbacks<F> {
+    None,
+    One(F),
+    Many(Vec<F>),
+}
+
+impl<F> Fallbacks<F> {
+    fn push(&mut self, fallback: F) {
+        *self = match std::mem::replace(self, Fallbacks::None) {
+            Fallbacks::None => Fallbacks::One(fallback),
+            Fallbacks::One(first) => Fallbacks::Many(vec![first, fallback]),
+            Fallbacks::Many(mut all) => {
+                all.push(fallback);
+                Fallbacks::Many(all)
+            }
+        }
+    }
+
+    /// Whether these belong to forwarded messages.
+    fn are_forwards(&self) -> bool {
+        !matches!(self, Fallbacks::None)
+    }
+}
+
+impl<F> IntoIterator for Fallbacks<F> {
+    type Item = F;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<F>, std::vec::IntoIter<F>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let (one, many) = match self {
+            Fallbacks::None => (None, Vec::new()),
+            Fallbacks::One(f) => (Some(f), Vec::new()),
+            Fallbacks::Many(all) => (None, all),
+        };
+        one.into_iter().chain(many)
+    }
+}
+
+/// Which peer a forwarded message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Client,
+    Upstream,
+}
+
+/// A message to forward: the line as the framer holds it, or bytes the
+/// gateway made in its place (a filtered `tools/list` answer), newline
+/// included.
+pub(crate) enum Forwarded<'a> {
+    Line(Line<'a>),
+    Made(Vec<u8>),
 }
 
 /// Writes larger than this are not folded together: a large record (a
@@ -50,14 +117,68 @@ impl<F> OutputQueue<F> {
         }
     }
 
-    /// Queues `output`; an audit write is folded into the latest queued
-    /// write of its sink when it can be.
-    pub(crate) fn push(&mut self, output: Output, fallback: Option<F>) {
+    /// Queues `output` as it is, with `fallbacks`; an audit write is folded
+    /// into the latest queued write of its sink when it can be.
+    pub(crate) fn push(&mut self, output: Output, fallbacks: Fallbacks<F>) {
         if let Output::Audit(write) = output {
             self.push_audit(write);
             return;
         }
-        self.entries.push_back(Queued { output, fallback });
+        self.entries.push_back(Queued { output, fallbacks });
+    }
+
+    /// Queues a message forwarded to `peer`, which `fallback` replaces if
+    /// its audit record is lost. A message of at most [`FOLD_LIMIT`] bytes
+    /// joins the forward queued last if that one is for the same peer and
+    /// not larger than that: only then does nothing queued since stand
+    /// between them. A line is copied once, into the buffer it joins or a
+    /// new one; a large gathered line is handed on in its own buffer.
+    pub(crate) fn push_forward(&mut self, peer: Peer, message: Forwarded<'_>, fallback: F) {
+        let len = match &message {
+            Forwarded::Line(line) => line.bytes().len() + 1,
+            Forwarded::Made(bytes) => bytes.len(),
+        };
+        if len <= FOLD_LIMIT {
+            if let Some(last) = self.last_forward(peer) {
+                let (bytes, fallbacks) = last;
+                match message {
+                    Forwarded::Line(line) => {
+                        bytes.extend_from_slice(line.bytes());
+                        bytes.push(b'\n');
+                    }
+                    Forwarded::Made(made) => bytes.extend_from_slice(&made),
+                }
+                fallbacks.push(fallback);
+                return;
+            }
+        }
+        let bytes = match message {
+            Forwarded::Line(line) => line.into_forwarded(FOLD_LIMIT),
+            Forwarded::Made(made) => made,
+        };
+        let output = match peer {
+            Peer::Client => Output::ToClient(bytes),
+            Peer::Upstream => Output::ToUpstream(bytes),
+        };
+        self.entries.push_back(Queued {
+            output,
+            fallbacks: Fallbacks::One(fallback),
+        });
+    }
+
+    /// The bytes and fallbacks of the last queued entry, if it is a
+    /// forward to `peer` that later messages may join.
+    fn last_forward(&mut self, peer: Peer) -> Option<(&mut Vec<u8>, &mut Fallbacks<F>)> {
+        let last = self.entries.back_mut()?;
+        if !last.fallbacks.are_forwards() {
+            return None;
+        }
+        let bytes = match (&mut last.output, peer) {
+            (Output::ToClient(bytes), Peer::Client) => bytes,
+            (Output::ToUpstream(bytes), Peer::Upstream) => bytes,
+            _ => return None,
+        };
+        (bytes.len() <= FOLD_LIMIT).then_some((bytes, &mut last.fallbacks))
     }
 
     fn push_audit(&mut self, write: AuditWrite) {
@@ -132,7 +253,7 @@ impl<F> OutputQueue<F> {
         self.open_writes[write.sink.0] = Some(self.removed + self.entries.len() as u64);
         self.entries.push_back(Queued {
             output: Output::Audit(write),
-            fallback: None,
+            fallbacks: Fallbacks::None,
         });
     }
 
@@ -183,12 +304,12 @@ mod tests {
     #[test]
     fn records_of_one_input_become_one_write_per_sink_ahead_of_the_messages() {
         let mut queue = OutputQueue::<()>::new(2);
-        queue.push(write(0, false, "a1\n"), None);
-        queue.push(write(1, false, "b1\n"), None);
-        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Some(()));
-        queue.push(write(0, false, "a2\n"), None);
-        queue.push(write(1, false, "b2\n"), None);
-        queue.push(Output::ToUpstream(b"m2\n".to_vec()), Some(()));
+        queue.push(write(0, false, "a1\n"), Fallbacks::None);
+        queue.push(write(1, false, "b1\n"), Fallbacks::None);
+        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Fallbacks::One(()));
+        queue.push(write(0, false, "a2\n"), Fallbacks::None);
+        queue.push(write(1, false, "b2\n"), Fallbacks::None);
+        queue.push(Output::ToUpstream(b"m2\n".to_vec()), Fallbacks::One(()));
         assert_eq!(
             drain(&mut queue),
             vec![
@@ -203,10 +324,10 @@ mod tests {
     #[test]
     fn a_rotation_starts_a_new_write_that_later_records_join() {
         let mut queue = OutputQueue::<()>::new(1);
-        queue.push(write(0, false, "a1\n"), None);
-        queue.push(Output::ToClient(b"m1\n".to_vec()), None);
-        queue.push(write(0, true, "a2\n"), None);
-        queue.push(write(0, false, "a3\n"), None);
+        queue.push(write(0, false, "a1\n"), Fallbacks::None);
+        queue.push(Output::ToClient(b"m1\n".to_vec()), Fallbacks::None);
+        queue.push(write(0, true, "a2\n"), Fallbacks::None);
+        queue.push(write(0, false, "a3\n"), Fallbacks::None);
         assert_eq!(
             drain(&mut queue),
             vec![
@@ -221,9 +342,9 @@ mod tests {
     fn large_writes_stay_apart() {
         let large = "x".repeat(FOLD_LIMIT) + "\n";
         let mut queue = OutputQueue::<()>::new(1);
-        queue.push(write(0, false, "a1\n"), None);
-        queue.push(write(0, false, &large), None);
-        queue.push(write(0, false, "a3\n"), None);
+        queue.push(write(0, false, "a1\n"), Fallbacks::None);
+        queue.push(write(0, false, &large), Fallbacks::None);
+        queue.push(write(0, false, "a3\n"), Fallbacks::None);
         assert_eq!(
             drain(&mut queue),
             vec![
@@ -237,10 +358,10 @@ mod tests {
     #[test]
     fn a_write_already_polled_is_not_extended() {
         let mut queue = OutputQueue::<()>::new(1);
-        queue.push(write(0, false, "a1\n"), None);
+        queue.push(write(0, false, "a1\n"), Fallbacks::None);
         assert_eq!(drain(&mut queue), vec![write(0, false, "a1\n")]);
-        queue.push(write(0, false, "a2\n"), None);
-        queue.push(Output::Exit(0), None);
+        queue.push(write(0, false, "a2\n"), Fallbacks::None);
+        queue.push(Output::Exit(0), Fallbacks::None);
         assert_eq!(
             drain(&mut queue),
             vec![write(0, false, "a2\n"), Output::Exit(0)]
@@ -250,14 +371,14 @@ mod tests {
     #[test]
     fn entries_taken_out_and_pushed_back_can_be_joined_again() {
         let mut queue = OutputQueue::<()>::new(1);
-        queue.push(Output::ToClient(b"m0\n".to_vec()), None);
-        queue.push(write(0, false, "a1\n"), None);
-        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Some(()));
+        queue.push(Output::ToClient(b"m0\n".to_vec()), Fallbacks::None);
+        queue.push(write(0, false, "a1\n"), Fallbacks::None);
+        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Fallbacks::One(()));
         let _ = queue.pop();
         for entry in queue.take_all() {
-            queue.push(entry.output, entry.fallback);
+            queue.push(entry.output, entry.fallbacks);
         }
-        queue.push(write(0, false, "a2\n"), None);
+        queue.push(write(0, false, "a2\n"), Fallbacks::None);
         assert_eq!(
             drain(&mut queue),
             vec![
@@ -265,6 +386,98 @@ mod tests {
                 Output::ToUpstream(b"m1\n".to_vec()),
             ]
         );
+    }
+
+    fn made(bytes: &str) -> Forwarded<'static> {
+        Forwarded::Made(bytes.as_bytes().to_vec())
+    }
+
+    fn drain_with_fallbacks(queue: &mut OutputQueue<u32>) -> Vec<(Output, Vec<u32>)> {
+        std::iter::from_fn(|| queue.pop())
+            .map(|q| (q.output, q.fallbacks.into_iter().collect()))
+            .collect()
+    }
+
+    #[test]
+    fn forwards_of_one_input_join_per_peer_and_keep_every_fallback() {
+        let mut queue = OutputQueue::<u32>::new(1);
+        format_in_u32(&mut queue, "a1\n");
+        queue.push_forward(Peer::Upstream, made("m1\n"), 1);
+        format_in_u32(&mut queue, "a2\n");
+        queue.push_forward(Peer::Upstream, made("m2\n"), 2);
+        // A reply of the gateway's own stands between: no joining across it.
+        queue.push(Output::ToClient(b"e3\n".to_vec()), Fallbacks::None);
+        queue.push_forward(Peer::Upstream, made("m4\n"), 4);
+        queue.push_forward(Peer::Client, made("r5\n"), 5);
+        queue.push_forward(Peer::Client, made("r6\n"), 6);
+        assert_eq!(
+            drain_with_fallbacks(&mut queue),
+            vec![
+                (write(0, false, "a1\na2\n"), vec![]),
+                (Output::ToUpstream(b"m1\nm2\n".to_vec()), vec![1, 2]),
+                (Output::ToClient(b"e3\n".to_vec()), vec![]),
+                (Output::ToUpstream(b"m4\n".to_vec()), vec![4]),
+                (Output::ToClient(b"r5\nr6\n".to_vec()), vec![5, 6]),
+            ]
+        );
+    }
+
+    #[test]
+    fn large_forwards_stay_apart_and_a_polled_one_is_not_extended() {
+        let large = "x".repeat(FOLD_LIMIT) + "\n";
+        let mut queue = OutputQueue::<u32>::new(1);
+        queue.push_forward(Peer::Client, made("r1\n"), 1);
+        queue.push_forward(Peer::Client, made(&large), 2);
+        queue.push_forward(Peer::Client, made("r3\n"), 3);
+        let _ = queue.pop();
+        let _ = queue.pop();
+        let _ = queue.pop();
+        queue.push_forward(Peer::Client, made("r4\n"), 4);
+        queue.push_forward(Peer::Client, made("r5\n"), 5);
+        assert_eq!(
+            drain_with_fallbacks(&mut queue),
+            vec![(Output::ToClient(b"r4\nr5\n".to_vec()), vec![4, 5])]
+        );
+        let mut queue = OutputQueue::<u32>::new(1);
+        queue.push_forward(Peer::Client, made("r1\n"), 1);
+        queue.push_forward(Peer::Client, made(&large), 2);
+        queue.push_forward(Peer::Client, made("r3\n"), 3);
+        let sizes: Vec<usize> = drain_with_fallbacks(&mut queue)
+            .iter()
+            .map(|(o, _)| match o {
+                Output::ToClient(b) => b.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, [3, large.len(), 3]);
+    }
+
+    #[test]
+    fn a_line_is_copied_with_room_for_the_rest_of_its_chunk() {
+        let chunk = b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n";
+        let mut framer = crate::framing::LineFramer::new(1024);
+        let mut queue = OutputQueue::<u32>::new(1);
+        framer.begin();
+        let mut n = 0;
+        while let Some(crate::framing::Frame::Line(line)) = framer.next_frame_in(chunk) {
+            n += 1;
+            queue.push_forward(Peer::Upstream, Forwarded::Line(line), n);
+        }
+        let out = drain_with_fallbacks(&mut queue);
+        assert_eq!(out.len(), 1);
+        let (Output::ToUpstream(bytes), fallbacks) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(bytes, chunk);
+        assert_eq!(bytes.capacity(), chunk.len(), "one buffer, sized once");
+        assert_eq!(fallbacks, &[1, 2, 3]);
+    }
+
+    fn format_in_u32(queue: &mut OutputQueue<u32>, line: &str) {
+        queue.push_audit_with(AuditSinkId(0), 512, |out| {
+            out.extend_from_slice(line.as_bytes());
+            false
+        });
     }
 
     /// Queues `line` through [`OutputQueue::push_audit_with`], as a sink
@@ -281,13 +494,13 @@ mod tests {
         let mut queue = OutputQueue::<()>::new(2);
         format_in(&mut queue, 0, 512, "a1\n", false);
         format_in(&mut queue, 1, 512, "b1\n", false);
-        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Some(()));
+        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Fallbacks::One(()));
         format_in(&mut queue, 0, 512, "a2\n", false);
         // A rotation splits the record off into a write of its own, which
         // later records join.
         format_in(&mut queue, 1, 512, "b2\n", true);
         format_in(&mut queue, 1, 512, "b3\n", false);
-        queue.push(Output::ToUpstream(b"m2\n".to_vec()), Some(()));
+        queue.push(Output::ToUpstream(b"m2\n".to_vec()), Fallbacks::One(()));
         assert_eq!(
             drain(&mut queue),
             vec![

@@ -311,12 +311,14 @@ impl Transcript {
     /// The transcript with the audit writes of each moment gathered: for
     /// every run of entries caused by inputs of the same time, each sink's
     /// records as one write (split only where a rotation or a failure
-    /// splits them), ahead of that moment's other actions.
+    /// splits them), ahead of that moment's other actions, and each
+    /// message to a peer as an entry of its own.
     ///
     /// The gateway folds the records of one input into one write per sink
-    /// and moves them ahead of the messages they describe, so which records
-    /// share a write, and where it stands among the messages, depends on
-    /// how the bytes were chunked. What reaches the peers, in what order,
+    /// and moves them ahead of the messages they describe, and joins the
+    /// messages it forwards from one input, so which records share a write,
+    /// where it stands among the messages, and which messages share a
+    /// write depends on how the bytes were chunked. What reaches the peers, in what order,
     /// and what each file receives does not: two chunkings of one capture
     /// give the same canonical transcript.
     pub fn canonical(&self) -> Transcript {
@@ -372,6 +374,20 @@ fn gather_audit_writes(moment: &[Entry], out: &mut Vec<Entry>) {
                 match failed {
                     Some((_, report)) => *report = Some(entry.clone()),
                     None => others.push(entry.clone()),
+                }
+            }
+            // One entry per message: how many messages share a write
+            // depends on the chunking too.
+            Action::ToClient(bytes) | Action::ToUpstream(bytes) => {
+                for message in bytes.split_inclusive(|&b| b == b'\n') {
+                    let action = match &entry.action {
+                        Action::ToClient(_) => Action::ToClient(message.to_vec()),
+                        _ => Action::ToUpstream(message.to_vec()),
+                    };
+                    others.push(Entry {
+                        at: entry.at,
+                        action,
+                    });
                 }
             }
             _ => others.push(entry.clone()),
@@ -742,7 +758,17 @@ mod tests {
             lines[0],
             "2024-06-16T10:30:15.000000000Z runtime    audit[0] file opened, holding 0 bytes"
         );
-        assert!(lines.contains(&"2024-06-16T10:30:15.003000000Z → upstream {\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\"}}"), "{text}");
+        // Requests 1 and 2 were completed by one input: one write, its
+        // second line indented.
+        let upstream = lines
+            .iter()
+            .position(|l| l.starts_with("2024-06-16T10:30:15.003000000Z → upstream "))
+            .expect("a write to the upstream");
+        assert!(lines[upstream].ends_with(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
+        assert_eq!(
+            lines[upstream + 1].trim_start(),
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"read_file"}}"#
+        );
         assert!(lines.contains(&"2024-06-16T10:30:15.003000000Z → client   {\"jsonrpc\":\"2.0\",\"id\":3,\"error\":{\"code\":-32001,\"message\":\"denied\"}}"), "{text}");
         assert!(
             lines.contains(&"2024-06-16T10:30:15.007000000Z close upstream stdin"),

@@ -688,6 +688,52 @@ fn critical_audit_failure_withholds_messages_until_the_log_recovers() {
 }
 
 #[test]
+fn every_message_of_a_chunk_is_refused_when_their_shared_audit_write_fails() {
+    let mut gateway = Gateway::new(&config_with_critical(true));
+    let now: Timestamp = "2024-06-16T10:30:15Z".parse().unwrap();
+    // Three allowed calls in one chunk: one audit write and one forward
+    // carrying all three, had the write worked.
+    let chunk: Vec<u8> = (1..=3)
+        .flat_map(|id| {
+            format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"read_file\"}}}}\n")
+                .into_bytes()
+        })
+        .collect();
+    let out = drive_with_failing_audit(&mut gateway, Input::ClientBytes(&chunk), now, true);
+    let ids: Vec<Value> = out
+        .iter()
+        .map(|o| match o {
+            Output::ToClient(reply) => {
+                let reply: Value = serde_json::from_slice(reply).unwrap();
+                assert_eq!(reply["error"]["code"], -32006, "{reply}");
+                reply["id"].clone()
+            }
+            other => panic!("only refusals may go out: {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(gateway.in_flight(), 0);
+
+    // Working again: the three go out as one write, in order.
+    gateway.handle_input(
+        Input::AuditFileOpened {
+            sink: gatekit_core::AuditSinkId(0),
+            existing_bytes: 0,
+        },
+        now,
+    );
+    let again: Vec<u8> = String::from_utf8(chunk)
+        .unwrap()
+        .replace("\"id\":", "\"id\":1")
+        .into_bytes();
+    let out = drive_with_failing_audit(&mut gateway, Input::ClientBytes(&again), now, false);
+    assert!(
+        matches!(out.as_slice(), [Output::Audit(_), Output::ToUpstream(bytes)] if *bytes == again),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn non_critical_audit_failure_keeps_proxying() {
     let mut gateway = Gateway::new(&config_with_critical(false));
     let now: Timestamp = "2024-06-16T10:30:15Z".parse().unwrap();
