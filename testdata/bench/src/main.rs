@@ -324,6 +324,9 @@ fn main() {
         }
     };
     let mut targets = vec![Target::direct(), Target::relay(), Target::line_relay()];
+    if runtimes.iter().any(|r| r == "smol") {
+        targets.push(Target::smol_relay());
+    }
     for runtime in &runtimes {
         targets.push(Target::gatekit(runtime, true));
         targets.push(Target::gatekit(runtime, false));

@@ -226,6 +226,79 @@ impl Check {
     }
 }
 
+/// The p50 latency `target` adds to a direct connection, as a ratio to what
+/// `reference` adds (the median of per-round ratios), and the two medians
+/// of what they add, in µs.
+fn added_latency(results: &Results, target: &str, reference: &str) -> (f64, f64, f64) {
+    let g = results.series(Metric::LatencyP50, target);
+    let d = results.series(Metric::LatencyP50, "direct");
+    let r = results.series(Metric::LatencyP50, reference);
+    let ratios: Vec<f64> = (0..g.len().min(d.len()).min(r.len()))
+        .map(|i| (g[i] - d[i]) / (r[i] - d[i]))
+        .collect();
+    let added_g = median(&g.iter().zip(d).map(|(g, d)| g - d).collect::<Vec<_>>());
+    let added_r = median(&r.iter().zip(d).map(|(r, d)| r - d).collect::<Vec<_>>());
+    (median(&ratios), added_g, added_r)
+}
+
+/// What the floors below Gatekit cost by themselves, measured as the
+/// targets measure Gatekit: `line-relay` (holding each whole message, as a
+/// gateway that checks messages must) and `relay-smol` (the smol runtime's
+/// way of moving bytes) against the byte relay, and the smol runtime
+/// against its own floor. A target a floor already misses cannot be met by
+/// anything built on it.
+pub fn floors(results: &Results, plan: &Plan) -> Vec<String> {
+    let measured = |t: &str| {
+        results.rows(Metric::LatencyP50).iter().any(|r| r == t)
+            || results.rows(Metric::Pipelined).iter().any(|r| r == t)
+            || results.rows(Metric::Large(0, true)).iter().any(|r| r == t)
+    };
+    let has = |metric: Metric| results.values.contains_key(&metric);
+    let mut lines = Vec::new();
+    for floor in ["line-relay", "relay-smol"] {
+        if !measured(floor) {
+            continue;
+        }
+        let mut parts = Vec::new();
+        if has(Metric::LatencyP50) {
+            let (ratio, added, _) = added_latency(results, floor, "relay");
+            parts.push(format!(
+                "adds {added:.1} µs to a round trip, {} × the relay's",
+                num(ratio)
+            ));
+        }
+        if let Some(ratio) = has(Metric::Pipelined)
+            .then(|| results.ratio(Metric::Pipelined, floor, "relay"))
+            .flatten()
+        {
+            parts.push(format!("pipelined {} × the relay's", num(ratio)));
+        }
+        if has(Metric::Large(0, true)) {
+            let last = plan.large.len() - 1;
+            if let Some(ratio) = results.ratio(Metric::Large(last, true), floor, "relay") {
+                parts.push(format!(
+                    "{} echo {} × the relay's",
+                    size(plan.large[last].0),
+                    num(ratio)
+                ));
+            }
+        }
+        lines.push(format!("{floor}: {}", parts.join("; ")));
+    }
+    if has(Metric::LatencyP50) && measured("relay-smol") {
+        for t in results.rows(Metric::LatencyP50) {
+            if t.starts_with("gatekit-smol") && !t.contains("noaudit") {
+                let (ratio, added, floor) = added_latency(results, &t, "relay-smol");
+                lines.push(format!(
+                    "{t} against relay-smol: adds {added:.1} µs, {} × the {floor:.1} µs relay-smol adds",
+                    num(ratio)
+                ));
+            }
+        }
+    }
+    lines
+}
+
 /// The targets, for every gatekit target with json audit and the
 /// allowlist on. Ratios are medians of per-round ratios; memory limits are
 /// judged on the worst round.
@@ -238,18 +311,11 @@ pub fn checks(results: &Results, targets: &[Target], plan: &Plan) -> Vec<Check> 
         };
         let t = target.name.as_str();
         if has(Metric::LatencyP50) {
-            let g = results.series(Metric::LatencyP50, t);
-            let d = results.series(Metric::LatencyP50, "direct");
-            let r = results.series(Metric::LatencyP50, "relay");
-            let ratios: Vec<f64> = (0..g.len().min(d.len()).min(r.len()))
-                .map(|i| (g[i] - d[i]) / (r[i] - d[i]))
-                .collect();
-            let added_g = median(&g.iter().zip(d).map(|(g, d)| g - d).collect::<Vec<_>>());
-            let added_r = median(&r.iter().zip(d).map(|(r, d)| r - d).collect::<Vec<_>>());
+            let (ratio, added_g, added_r) = added_latency(results, t, "relay");
             checks.push(Check::new(
                 "added p50 latency ≤ 1.5 × the relay's".into(),
                 t,
-                median(&ratios),
+                ratio,
                 "<=",
                 1.5,
                 format!("gatekit adds {added_g:.1} µs, the relay {added_r:.1} µs"),
@@ -478,6 +544,17 @@ pub fn table(results: &Results, checks: &[Check], context: &Context, plan: &Plan
             );
         }
     }
+    let floors = floors(results, plan);
+    if !floors.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "What the floors cost by themselves, measured as the targets are:"
+        );
+        for line in floors {
+            let _ = writeln!(out, "- {line}");
+        }
+    }
     out
 }
 
@@ -551,5 +628,6 @@ pub fn json(
             "detail": c.detail,
             "pass": c.pass,
         })).collect::<Vec<_>>(),
+        "floors": floors(results, plan),
     })
 }

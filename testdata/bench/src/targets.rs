@@ -8,6 +8,7 @@
 //! | `direct` | `bench-echo` itself |
 //! | `relay` | `bench-relay bench-echo` (copies bytes, nothing else) |
 //! | `line-relay` | `bench-relay --lines bench-echo` (copies whole lines: store-and-forward) |
+//! | `relay-smol` | `bench-relay --smol bench-echo` (copies bytes as the smol runtime moves them) |
 //! | `gatekit-<rt>` | `gatekit --config audit.yaml --runtime <rt>`: json audit + allowlist |
 //! | `gatekit-<rt>-noaudit` | the same without the auditing plugin |
 
@@ -31,6 +32,8 @@ pub enum Kind {
     Relay,
     /// The relay in `--lines` mode: store-and-forward, still no parsing.
     LineRelay,
+    /// The relay in `--smol` mode: the smol runtime's way of moving bytes.
+    SmolRelay,
     Gatekit {
         runtime: String,
         audit: bool,
@@ -62,6 +65,12 @@ impl Target {
         Target {
             name: "line-relay".into(),
             kind: Kind::LineRelay,
+        }
+    }
+    pub fn smol_relay() -> Self {
+        Target {
+            name: "relay-smol".into(),
+            kind: Kind::SmolRelay,
         }
     }
     pub fn gatekit(runtime: &str, audit: bool) -> Self {
@@ -157,6 +166,11 @@ impl Env {
             Kind::LineRelay => {
                 let mut c = Command::new(&self.relay);
                 c.arg("--lines").arg(&self.echo).args(&echo_args);
+                c
+            }
+            Kind::SmolRelay => {
+                let mut c = Command::new(&self.relay);
+                c.arg("--smol").arg(&self.echo).args(&echo_args);
                 c
             }
             Kind::Gatekit {

@@ -17,6 +17,12 @@
 //! reuses, then writes the line, still without looking inside. The
 //! difference to the byte relay is what store-and-forward costs by itself.
 //!
+//! With `--smol` it is the byte relay again, written the way Gatekit's
+//! smol runtime moves bytes: one thread, an `async-io` reactor, the pipes
+//! set non-blocking and watched for readiness, the upstream started with
+//! `async-process`, a task per direction. Its distance from the plain relay
+//! is what that reactor costs by itself, the floor for the smol runtime.
+//!
 //! On the client's EOF it closes the upstream's stdin; when the upstream
 //! closes its stdout it waits for it and exits with its code.
 
@@ -31,10 +37,14 @@ const CHUNK: usize = 64 * 1024;
 fn main() {
     let mut argv = std::env::args_os().skip(1).peekable();
     let lines = argv.next_if(|a| a == "--lines").is_some();
+    let asynchronous = !lines && argv.next_if(|a| a == "--smol").is_some();
     let Some(program) = argv.next() else {
-        eprintln!("usage: bench-relay [--lines] UPSTREAM [ARGS…]");
+        eprintln!("usage: bench-relay [--lines | --smol] UPSTREAM [ARGS…]");
         std::process::exit(2);
     };
+    if asynchronous {
+        std::process::exit(smol_relay::run(program, argv.collect()));
+    }
     let mut child = match Command::new(&program)
         .args(argv)
         .stdin(Stdio::piped())
@@ -110,6 +120,67 @@ fn copy<R: Read, W: Write>(mut from: R, mut to: W) {
         };
         if to.write_all(&buffer[..n]).is_err() {
             return;
+        }
+    }
+}
+
+/// The `--smol` relay: see the module docs.
+mod smol_relay {
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
+    use smol::{Async, LocalExecutor};
+    use std::ffi::OsString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsFd;
+
+    pub fn run(program: OsString, args: Vec<OsString>) -> i32 {
+        let mut child = match async_process::Command::new(&program)
+            .args(args)
+            .stdin(async_process::Stdio::piped())
+            .stdout(async_process::Stdio::piped())
+            .stderr(async_process::Stdio::inherit())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                eprintln!(
+                    "bench-relay: cannot start {}: {e}",
+                    program.to_string_lossy()
+                );
+                return 1;
+            }
+        };
+        let watched = |fd: io::Result<std::os::fd::OwnedFd>| {
+            Async::new(File::from(fd.expect("dup"))).expect("a pipe the reactor can watch")
+        };
+        let stdin = watched(io::stdin().as_fd().try_clone_to_owned());
+        let stdout = watched(io::stdout().as_fd().try_clone_to_owned());
+        let upstream_in = child.stdin.take().expect("piped stdin");
+        let upstream_out = child.stdout.take().expect("piped stdout");
+        let executor = LocalExecutor::new();
+        smol::block_on(executor.run(async {
+            // Client → upstream; dropping `upstream_in` at the client's EOF
+            // closes the upstream's stdin.
+            let up = executor.spawn(copy(stdin, upstream_in));
+            copy(upstream_out, stdout).await;
+            drop(up);
+            child.status().await.map_or(1, |s| s.code().unwrap_or(1))
+        }))
+    }
+
+    async fn copy(
+        mut from: impl smol::io::AsyncRead + Unpin,
+        mut to: impl smol::io::AsyncWrite + Unpin,
+    ) {
+        let mut buffer = vec![0u8; super::CHUNK];
+        loop {
+            let n = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if to.write_all(&buffer[..n]).await.is_err() {
+                return;
+            }
         }
     }
 }
