@@ -42,25 +42,18 @@ fn main() {
         eprintln!("usage: bench-relay [--lines | --smol] UPSTREAM [ARGS…]");
         std::process::exit(2);
     };
-    if asynchronous {
-        std::process::exit(smol_relay::run(program, argv.collect()));
-    }
-    let mut child = match Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .args(argv)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if asynchronous {
+        std::process::exit(smol_relay::run(command));
+    }
+    let mut child = command
         .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!(
-                "bench-relay: cannot start {}: {e}",
-                program.to_string_lossy()
-            );
-            std::process::exit(1);
-        }
-    };
+        .unwrap_or_else(|e| cannot_start(&command, e));
     // Plain files on duplicates of fd 0 and 1: no std buffering in the way.
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().expect("dup stdin"));
     let stdout = File::from(
@@ -88,6 +81,15 @@ fn main() {
     }
     let code = child.wait().map_or(1, |s| s.code().unwrap_or(1));
     std::process::exit(code);
+}
+
+/// Says the upstream could not be started, and exits.
+fn cannot_start(command: &Command, error: io::Error) -> ! {
+    eprintln!(
+        "bench-relay: cannot start {}: {error}",
+        command.get_program().to_string_lossy()
+    );
+    std::process::exit(1);
 }
 
 /// Copies whole lines: read up to a newline, then write the line.
@@ -128,14 +130,14 @@ fn copy<R: Read, W: Write>(mut from: R, mut to: W) {
 mod smol_relay {
     use smol::io::{AsyncReadExt, AsyncWriteExt};
     use smol::{Async, LocalExecutor};
-    use std::ffi::OsString;
     use std::fs::File;
     use std::io;
     use std::os::fd::AsFd;
 
-    pub fn run(program: OsString, args: Vec<OsString>) -> i32 {
-        let mut child = match async_process::Command::new(&program)
-            .args(args)
+    /// Runs the relay on `command`: its program and arguments (async-process
+    /// does not carry std's stdio settings over, so they are set again).
+    pub fn run(command: std::process::Command) -> i32 {
+        let mut child = match async_process::Command::from(command)
             .stdin(async_process::Stdio::piped())
             .stdout(async_process::Stdio::piped())
             .stderr(async_process::Stdio::inherit())
@@ -143,10 +145,7 @@ mod smol_relay {
         {
             Ok(child) => child,
             Err(e) => {
-                eprintln!(
-                    "bench-relay: cannot start {}: {e}",
-                    program.to_string_lossy()
-                );
+                eprintln!("bench-relay: cannot start the upstream: {e}");
                 return 1;
             }
         };
