@@ -41,12 +41,7 @@ pub(crate) enum Frame<'a> {
 /// A complete line: read it with [`bytes`](Self::bytes), and pass it on with
 /// [`into_forwarded`](Self::into_forwarded).
 #[derive(Debug)]
-pub(crate) struct Line<'a> {
-    bytes: LineBytes<'a>,
-    /// How many bytes of the chunk come after the line: the most that
-    /// the messages forwarded after it from this chunk can add.
-    following: usize,
-}
+pub(crate) struct Line<'a>(LineBytes<'a>);
 
 #[derive(Debug)]
 enum LineBytes<'a> {
@@ -61,7 +56,7 @@ enum LineBytes<'a> {
 impl Line<'_> {
     /// The line, without its `\n` (and without a trailing `\r`).
     pub(crate) fn bytes(&self) -> &[u8] {
-        match &self.bytes {
+        match &self.0 {
             LineBytes::InChunk(line) => line,
             LineBytes::Gathered(buffer) => buffer,
         }
@@ -71,27 +66,25 @@ impl Line<'_> {
     /// A large line gathered from several chunks is handed over in the
     /// buffer it was gathered in, not copied (a 10 MiB message would
     /// otherwise be held twice); any other line is copied out, which leaves
-    /// a small buffer with the framer for the next line. A copy has room
-    /// for the rest of the chunk, up to `room` bytes, which the messages
-    /// forwarded after it join (see `OutputQueue::push_forward`): a chunk
-    /// of many messages then costs one buffer, not one that grows.
-    pub(crate) fn into_forwarded(self, room: usize) -> Vec<u8> {
-        let room = self.following.min(room);
-        match self.bytes {
+    /// a small buffer with the framer for the next line, in a buffer of
+    /// exactly its size: the runtimes bound their queues by length, so a
+    /// buffer must not hold much more than it carries.
+    pub(crate) fn into_forwarded(self) -> Vec<u8> {
+        match self.0 {
             LineBytes::Gathered(buffer) if buffer.capacity() > RETAINED_BUFFER_BYTES => {
                 let mut line = std::mem::take(buffer);
                 line.push(b'\n'); // within capacity: room was left for it
                 line
             }
-            LineBytes::Gathered(buffer) => with_newline(buffer, room),
-            LineBytes::InChunk(line) => with_newline(line, room),
+            LineBytes::Gathered(buffer) => with_newline(buffer),
+            LineBytes::InChunk(line) => with_newline(line),
         }
     }
 }
 
-/// `line` followed by `\n`, in a buffer with `room` bytes to spare.
-fn with_newline(line: &[u8], room: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(line.len() + 1 + room);
+/// `line` followed by `\n`, in a buffer of exactly that size.
+fn with_newline(line: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len() + 1);
     out.extend_from_slice(line);
     out.push(b'\n');
     out
@@ -158,10 +151,7 @@ impl LineFramer {
         if self.frame.is_empty() {
             return None; // a last line of just "\r" is blank, like any other
         }
-        Some(Frame::Line(Line {
-            bytes: LineBytes::Gathered(&mut self.frame),
-            following: 0,
-        }))
+        Some(Frame::Line(Line(LineBytes::Gathered(&mut self.frame))))
     }
 
     /// Starts framing a new chunk with [`next_frame_in`](Self::next_frame_in).
@@ -221,10 +211,7 @@ impl LineFramer {
                         if end == start {
                             continue; // blank line: ignored
                         }
-                        return Some(Frame::Line(Line {
-                            bytes: LineBytes::InChunk(&input[start..end]),
-                            following: input.len() - self.pos,
-                        }));
+                        return Some(Frame::Line(Line(LineBytes::InChunk(&input[start..end]))));
                     }
                     // One byte more: room for the newline when forwarded.
                     self.partial.reserve(pos + 1);
@@ -234,10 +221,7 @@ impl LineFramer {
                     if self.frame.is_empty() {
                         continue;
                     }
-                    return Some(Frame::Line(Line {
-                        bytes: LineBytes::Gathered(&mut self.frame),
-                        following: input.len() - self.pos,
-                    }));
+                    return Some(Frame::Line(Line(LineBytes::Gathered(&mut self.frame))));
                 }
                 (None, None) => {
                     let line_len = self.partial.len() + unframed.len();
@@ -377,13 +361,13 @@ mod tests {
             framer.begin();
             while let Some(frame) = framer.next_frame_in(piece) {
                 if let Frame::Line(line) = frame {
-                    out.extend(line.into_forwarded(0));
+                    out.extend(line.into_forwarded());
                 }
             }
             held.push(framer.partial.capacity() + framer.frame.capacity());
         }
         if let Some(Frame::Line(line)) = framer.finish() {
-            out.extend(line.into_forwarded(0));
+            out.extend(line.into_forwarded());
         }
         (out, held)
     }

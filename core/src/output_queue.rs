@@ -132,7 +132,12 @@ impl<F> OutputQueue<F> {
     /// joins the forward queued last if that one is for the same peer and
     /// not larger than that: only then does nothing queued since stand
     /// between them. A line is copied once, into the buffer it joins or a
-    /// new one; a large gathered line is handed on in its own buffer.
+    /// new one of its own size; a large gathered line is handed on in its
+    /// own buffer. A joined buffer grows by doubling, so it never holds
+    /// more than twice what it carries: the runtimes bound their queues by
+    /// length, and room reserved for messages that might follow (a
+    /// chunk's rest can be blank lines, refused calls or the start of a
+    /// large message) would let a client make them hold far more.
     pub(crate) fn push_forward(&mut self, peer: Peer, message: Forwarded<'_>, fallback: F) {
         let len = match &message {
             Forwarded::Line(line) => line.bytes().len() + 1,
@@ -153,7 +158,7 @@ impl<F> OutputQueue<F> {
             }
         }
         let bytes = match message {
-            Forwarded::Line(line) => line.into_forwarded(FOLD_LIMIT),
+            Forwarded::Line(line) => line.into_forwarded(),
             Forwarded::Made(made) => made,
         };
         let output = match peer {
@@ -453,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn a_line_is_copied_with_room_for_the_rest_of_its_chunk() {
+    fn lines_of_a_chunk_join_into_a_buffer_at_most_twice_their_size() {
         let chunk = b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n";
         let mut framer = crate::framing::LineFramer::new(1024);
         let mut queue = OutputQueue::<u32>::new(1);
@@ -469,7 +474,7 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(bytes, chunk);
-        assert_eq!(bytes.capacity(), chunk.len(), "one buffer, sized once");
+        assert!(bytes.capacity() <= 2 * chunk.len(), "{}", bytes.capacity());
         assert_eq!(fallbacks, &[1, 2, 3]);
     }
 

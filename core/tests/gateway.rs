@@ -733,6 +733,49 @@ fn every_message_of_a_chunk_is_refused_when_their_shared_audit_write_fails() {
     );
 }
 
+/// (length, capacity) of every forward to the upstream now queued.
+fn upstream_buffers(gateway: &mut Gateway) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    loop {
+        match gateway.poll_output() {
+            Output::ToUpstream(bytes) => out.push((bytes.len(), bytes.capacity())),
+            Output::Wait(_) => return out,
+            _ => {}
+        }
+    }
+}
+
+/// The runtimes bound their queues by the length of what is queued, so a
+/// forward must not hold much more memory than it carries, whatever the
+/// rest of its chunk is.
+#[test]
+fn a_forward_holds_at_most_twice_what_it_carries() {
+    let now: Timestamp = "2024-06-16T10:30:15Z".parse().unwrap();
+    // One message, then 64 KiB of blank lines (skipped by the framer).
+    let mut gateway = Gateway::new(&tutorial_config());
+    let mut chunk = b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/x\"}\n".to_vec();
+    chunk.resize(64 * 1024, b'\n');
+    gateway.handle_input(Input::ClientBytes(&chunk), now);
+    let buffers = upstream_buffers(&mut gateway);
+    assert_eq!(buffers.len(), 1, "{buffers:?}");
+    assert!(buffers[0].1 <= 2 * buffers[0].0, "{buffers:?}");
+
+    // Allowed calls between refused ones: no two forwards join, and none
+    // may be sized for the rest of the chunk.
+    let mut gateway = Gateway::new(&tutorial_config());
+    let mut chunk = Vec::new();
+    for id in 0..400 {
+        let tool = if id % 2 == 0 { "read_file" } else { "rm" };
+        chunk.extend(format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":\"{tool}\"}}}}\n").bytes());
+    }
+    gateway.handle_input(Input::ClientBytes(&chunk), now);
+    let buffers = upstream_buffers(&mut gateway);
+    assert_eq!(buffers.len(), 200);
+    let len: usize = buffers.iter().map(|b| b.0).sum();
+    let capacity: usize = buffers.iter().map(|b| b.1).sum();
+    assert!(capacity <= 2 * len, "{len} bytes held in {capacity}");
+}
+
 #[test]
 fn non_critical_audit_failure_keeps_proxying() {
     let mut gateway = Gateway::new(&config_with_critical(false));
