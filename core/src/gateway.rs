@@ -11,7 +11,7 @@ use crate::jsonrpc::{
     self, error_response, owned_method, parse_message, Message, Outcome, Rejection, RequestId,
     Shape,
 };
-use crate::output_queue::{Fallbacks, Forwarded, OutputQueue, Peer};
+use crate::output_queue::{Forwarded, OutputQueue, Peer};
 use crate::policy::{CallDecision, SecurityPolicies, ToolAllowlist};
 use crate::tools_filter::filter_tools_list;
 use jiff::{SignedDuration, Timestamp};
@@ -1421,7 +1421,7 @@ impl Gateway {
     /// that failed earlier is not judged in advance: the write of this
     /// message's record is what tells whether it works again.
     fn emit(&mut self, output: Output) {
-        self.outputs.push(output, Fallbacks::None);
+        self.outputs.push(output);
     }
 
     /// The reason a critical audit sink cannot be written, if one cannot.
@@ -1455,8 +1455,8 @@ impl Gateway {
         // Messages queued after their (now lost) records must not pass.
         let queued = self.outputs.take_all();
         for entry in queued {
-            if let Fallbacks::None = entry.fallbacks {
-                self.outputs.push(entry.output, Fallbacks::None);
+            if !entry.fallbacks.are_forwards() {
+                self.outputs.push(entry.output);
                 continue;
             }
             // Every message of a joined forward, in order.

@@ -15,10 +15,10 @@
 //!
 //! The forwarded messages of such a chunk are appended to one buffer per
 //! peer in the same way, straight from the line, when nothing else was
-//! queued since the previous one: a buffer (of more than a kilobyte for a
-//! 1 KiB message) per message was a measurable share of a busy gateway's
-//! time, and the runtime copied them into one write anyway. A joined
-//! forward keeps the fallback of each of its messages, in order.
+//! queued since the previous one: a buffer per message (over a kilobyte
+//! for a 1 KiB message, past the allocator's fast path) cost an allocation
+//! and a free each, and the runtime copied them into one write anyway. A
+//! joined forward keeps the fallback of each of its messages, in order.
 
 use crate::audit::{AuditSinkId, AuditWrite};
 use crate::framing::Line;
@@ -57,7 +57,7 @@ impl<F> Fallbacks<F> {
     }
 
     /// Whether these belong to forwarded messages.
-    fn are_forwards(&self) -> bool {
+    pub(crate) fn are_forwards(&self) -> bool {
         !matches!(self, Fallbacks::None)
     }
 }
@@ -117,14 +117,19 @@ impl<F> OutputQueue<F> {
         }
     }
 
-    /// Queues `output` as it is, with `fallbacks`; an audit write is folded
-    /// into the latest queued write of its sink when it can be.
-    pub(crate) fn push(&mut self, output: Output, fallbacks: Fallbacks<F>) {
+    /// Queues an output that forwards no peer's message (a reply of the
+    /// gateway's own, a signal, an exit); an audit write is folded into the
+    /// latest queued write of its sink when it can be. Forwarded messages
+    /// go through [`push_forward`](Self::push_forward).
+    pub(crate) fn push(&mut self, output: Output) {
         if let Output::Audit(write) = output {
             self.push_audit(write);
             return;
         }
-        self.entries.push_back(Queued { output, fallbacks });
+        self.entries.push_back(Queued {
+            output,
+            fallbacks: Fallbacks::None,
+        });
     }
 
     /// Queues a message forwarded to `peer`, which `fallback` replaces if
@@ -144,8 +149,7 @@ impl<F> OutputQueue<F> {
             Forwarded::Made(bytes) => bytes.len(),
         };
         if len <= FOLD_LIMIT {
-            if let Some(last) = self.last_forward(peer) {
-                let (bytes, fallbacks) = last;
+            if let Some((bytes, fallbacks)) = self.last_forward(peer) {
                 match message {
                     Forwarded::Line(line) => {
                         bytes.extend_from_slice(line.bytes());
@@ -309,19 +313,18 @@ mod tests {
     #[test]
     fn records_of_one_input_become_one_write_per_sink_ahead_of_the_messages() {
         let mut queue = OutputQueue::<()>::new(2);
-        queue.push(write(0, false, "a1\n"), Fallbacks::None);
-        queue.push(write(1, false, "b1\n"), Fallbacks::None);
-        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Fallbacks::One(()));
-        queue.push(write(0, false, "a2\n"), Fallbacks::None);
-        queue.push(write(1, false, "b2\n"), Fallbacks::None);
-        queue.push(Output::ToUpstream(b"m2\n".to_vec()), Fallbacks::One(()));
+        queue.push(write(0, false, "a1\n"));
+        queue.push(write(1, false, "b1\n"));
+        queue.push_forward(Peer::Upstream, made("m1\n"), ());
+        queue.push(write(0, false, "a2\n"));
+        queue.push(write(1, false, "b2\n"));
+        queue.push_forward(Peer::Upstream, made("m2\n"), ());
         assert_eq!(
             drain(&mut queue),
             vec![
                 write(0, false, "a1\na2\n"),
                 write(1, false, "b1\nb2\n"),
-                Output::ToUpstream(b"m1\n".to_vec()),
-                Output::ToUpstream(b"m2\n".to_vec()),
+                Output::ToUpstream(b"m1\nm2\n".to_vec()),
             ]
         );
     }
@@ -329,10 +332,10 @@ mod tests {
     #[test]
     fn a_rotation_starts_a_new_write_that_later_records_join() {
         let mut queue = OutputQueue::<()>::new(1);
-        queue.push(write(0, false, "a1\n"), Fallbacks::None);
-        queue.push(Output::ToClient(b"m1\n".to_vec()), Fallbacks::None);
-        queue.push(write(0, true, "a2\n"), Fallbacks::None);
-        queue.push(write(0, false, "a3\n"), Fallbacks::None);
+        queue.push(write(0, false, "a1\n"));
+        queue.push(Output::ToClient(b"m1\n".to_vec()));
+        queue.push(write(0, true, "a2\n"));
+        queue.push(write(0, false, "a3\n"));
         assert_eq!(
             drain(&mut queue),
             vec![
@@ -347,9 +350,9 @@ mod tests {
     fn large_writes_stay_apart() {
         let large = "x".repeat(FOLD_LIMIT) + "\n";
         let mut queue = OutputQueue::<()>::new(1);
-        queue.push(write(0, false, "a1\n"), Fallbacks::None);
-        queue.push(write(0, false, &large), Fallbacks::None);
-        queue.push(write(0, false, "a3\n"), Fallbacks::None);
+        queue.push(write(0, false, "a1\n"));
+        queue.push(write(0, false, &large));
+        queue.push(write(0, false, "a3\n"));
         assert_eq!(
             drain(&mut queue),
             vec![
@@ -363,10 +366,10 @@ mod tests {
     #[test]
     fn a_write_already_polled_is_not_extended() {
         let mut queue = OutputQueue::<()>::new(1);
-        queue.push(write(0, false, "a1\n"), Fallbacks::None);
+        queue.push(write(0, false, "a1\n"));
         assert_eq!(drain(&mut queue), vec![write(0, false, "a1\n")]);
-        queue.push(write(0, false, "a2\n"), Fallbacks::None);
-        queue.push(Output::Exit(0), Fallbacks::None);
+        queue.push(write(0, false, "a2\n"));
+        queue.push(Output::Exit(0));
         assert_eq!(
             drain(&mut queue),
             vec![write(0, false, "a2\n"), Output::Exit(0)]
@@ -376,19 +379,25 @@ mod tests {
     #[test]
     fn entries_taken_out_and_pushed_back_can_be_joined_again() {
         let mut queue = OutputQueue::<()>::new(1);
-        queue.push(Output::ToClient(b"m0\n".to_vec()), Fallbacks::None);
-        queue.push(write(0, false, "a1\n"), Fallbacks::None);
-        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Fallbacks::One(()));
+        queue.push(Output::ToClient(b"m0\n".to_vec()));
+        queue.push(write(0, false, "a1\n"));
+        queue.push_forward(Peer::Upstream, made("m1\n"), ());
         let _ = queue.pop();
+        // As the gateway does after a failed write: what forwards no
+        // message goes back as it was, a forward is replaced by a reply.
         for entry in queue.take_all() {
-            queue.push(entry.output, entry.fallbacks);
+            if entry.fallbacks.are_forwards() {
+                queue.push(Output::ToClient(b"r1\n".to_vec()));
+            } else {
+                queue.push(entry.output);
+            }
         }
-        queue.push(write(0, false, "a2\n"), Fallbacks::None);
+        queue.push(write(0, false, "a2\n"));
         assert_eq!(
             drain(&mut queue),
             vec![
                 write(0, false, "a1\na2\n"),
-                Output::ToUpstream(b"m1\n".to_vec()),
+                Output::ToClient(b"r1\n".to_vec()),
             ]
         );
     }
@@ -411,7 +420,7 @@ mod tests {
         format_in_u32(&mut queue, "a2\n");
         queue.push_forward(Peer::Upstream, made("m2\n"), 2);
         // A reply of the gateway's own stands between: no joining across it.
-        queue.push(Output::ToClient(b"e3\n".to_vec()), Fallbacks::None);
+        queue.push(Output::ToClient(b"e3\n".to_vec()));
         queue.push_forward(Peer::Upstream, made("m4\n"), 4);
         queue.push_forward(Peer::Client, made("r5\n"), 5);
         queue.push_forward(Peer::Client, made("r6\n"), 6);
@@ -499,13 +508,13 @@ mod tests {
         let mut queue = OutputQueue::<()>::new(2);
         format_in(&mut queue, 0, 512, "a1\n", false);
         format_in(&mut queue, 1, 512, "b1\n", false);
-        queue.push(Output::ToUpstream(b"m1\n".to_vec()), Fallbacks::One(()));
+        queue.push_forward(Peer::Upstream, made("m1\n"), ());
         format_in(&mut queue, 0, 512, "a2\n", false);
         // A rotation splits the record off into a write of its own, which
         // later records join.
         format_in(&mut queue, 1, 512, "b2\n", true);
         format_in(&mut queue, 1, 512, "b3\n", false);
-        queue.push(Output::ToUpstream(b"m2\n".to_vec()), Fallbacks::One(()));
+        queue.push_forward(Peer::Upstream, made("m2\n"), ());
         assert_eq!(
             drain(&mut queue),
             vec![
