@@ -248,33 +248,20 @@ fn added_latency(results: &Results, target: &str, reference: &str) -> (f64, f64,
 /// against its own floor. A target a floor already misses cannot be met by
 /// anything built on it.
 pub fn floors(results: &Results, plan: &Plan) -> Vec<String> {
-    let measured = |t: &str| {
-        results.rows(Metric::LatencyP50).iter().any(|r| r == t)
-            || results.rows(Metric::Pipelined).iter().any(|r| r == t)
-            || results.rows(Metric::Large(0, true)).iter().any(|r| r == t)
-    };
-    let has = |metric: Metric| results.values.contains_key(&metric);
     let mut lines = Vec::new();
     for floor in ["line-relay", "relay-smol"] {
-        if !measured(floor) {
-            continue;
-        }
         let mut parts = Vec::new();
-        if has(Metric::LatencyP50) {
+        if !results.series(Metric::LatencyP50, floor).is_empty() {
             let (ratio, added, _) = added_latency(results, floor, "relay");
             parts.push(format!(
                 "adds {added:.1} µs to a round trip, {} × the relay's",
                 num(ratio)
             ));
         }
-        if let Some(ratio) = has(Metric::Pipelined)
-            .then(|| results.ratio(Metric::Pipelined, floor, "relay"))
-            .flatten()
-        {
+        if let Some(ratio) = results.ratio(Metric::Pipelined, floor, "relay") {
             parts.push(format!("pipelined {} × the relay's", num(ratio)));
         }
-        if has(Metric::Large(0, true)) {
-            let last = plan.large.len() - 1;
+        if let Some(last) = plan.large.len().checked_sub(1) {
             if let Some(ratio) = results.ratio(Metric::Large(last, true), floor, "relay") {
                 parts.push(format!(
                     "{} echo {} × the relay's",
@@ -283,9 +270,11 @@ pub fn floors(results: &Results, plan: &Plan) -> Vec<String> {
                 ));
             }
         }
-        lines.push(format!("{floor}: {}", parts.join("; ")));
+        if !parts.is_empty() {
+            lines.push(format!("{floor}: {}", parts.join("; ")));
+        }
     }
-    if has(Metric::LatencyP50) && measured("relay-smol") {
+    if !results.series(Metric::LatencyP50, "relay-smol").is_empty() {
         for t in results.rows(Metric::LatencyP50) {
             if t.starts_with("gatekit-smol") && !t.contains("noaudit") {
                 let (ratio, added, floor) = added_latency(results, &t, "relay-smol");
@@ -630,4 +619,45 @@ pub fn json(
         })).collect::<Vec<_>>(),
         "floors": floors(results, plan),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        Plan {
+            large: vec![(1024, 1), (10 * 1024 * 1024, 1)],
+            ..Plan::quick_for_tests()
+        }
+    }
+
+    #[test]
+    fn floors_are_measured_as_the_targets_are_and_only_when_run() {
+        let targets = [Target::direct(), Target::relay(), Target::smol_relay()];
+        let mut results = Results::new(&targets);
+        assert!(floors(&results, &plan()).is_empty(), "nothing measured yet");
+        // Two rounds: direct 3 µs, relay 9 µs (adds 6), relay-smol 12 µs
+        // (adds 9: 1.5 ×), gatekit-smol 21 µs (adds 18: 2 × relay-smol's).
+        for _ in 0..2 {
+            for (target, value) in [
+                ("direct", 3.0),
+                ("relay", 9.0),
+                ("relay-smol", 12.0),
+                ("gatekit-smol", 21.0),
+                ("gatekit-smol-noaudit", 15.0),
+            ] {
+                results.record(Metric::LatencyP50, target, value);
+            }
+            results.record(Metric::Large(1, true), "relay", 800.0);
+            results.record(Metric::Large(1, true), "relay-smol", 400.0);
+        }
+        assert_eq!(
+            floors(&results, &plan()),
+            [
+                "relay-smol: adds 9.0 µs to a round trip, 1.50 × the relay's; 10 MiB echo 0.50 × the relay's",
+                "gatekit-smol against relay-smol: adds 18.0 µs, 2.00 × the 9.0 µs relay-smol adds",
+            ]
+        );
+    }
 }
