@@ -66,9 +66,7 @@ impl Line<'_> {
     /// A large line gathered from several chunks is handed over in the
     /// buffer it was gathered in, not copied (a 10 MiB message would
     /// otherwise be held twice); any other line is copied out, which leaves
-    /// a small buffer with the framer for the next line, in a buffer of
-    /// exactly its size: the runtimes bound their queues by length, so a
-    /// buffer must not hold much more than it carries.
+    /// a small buffer with the framer for the next line.
     pub(crate) fn into_forwarded(self) -> Vec<u8> {
         match self.0 {
             LineBytes::Gathered(buffer) if buffer.capacity() > RETAINED_BUFFER_BYTES => {

@@ -318,9 +318,9 @@ impl Transcript {
     /// and moves them ahead of the messages they describe, and joins the
     /// messages it forwards from one input, so which records share a write,
     /// where it stands among the messages, and which messages share a
-    /// write depends on how the bytes were chunked. What reaches the peers, in what order,
-    /// and what each file receives does not: two chunkings of one capture
-    /// give the same canonical transcript.
+    /// write depends on how the bytes were chunked. What reaches the peers,
+    /// in what order, and what each file receives does not: two chunkings
+    /// of one capture give the same canonical transcript.
     pub fn canonical(&self) -> Transcript {
         let mut entries = Vec::with_capacity(self.entries.len());
         let mut rest = &self.entries[..];
@@ -379,14 +379,14 @@ fn gather_audit_writes(moment: &[Entry], out: &mut Vec<Entry>) {
             // One entry per message: how many messages share a write
             // depends on the chunking too.
             Action::ToClient(bytes) | Action::ToUpstream(bytes) => {
+                let to_peer = match entry.action {
+                    Action::ToClient(_) => Action::ToClient,
+                    _ => Action::ToUpstream,
+                };
                 for message in bytes.split_inclusive(|&b| b == b'\n') {
-                    let action = match &entry.action {
-                        Action::ToClient(_) => Action::ToClient(message.to_vec()),
-                        _ => Action::ToUpstream(message.to_vec()),
-                    };
                     others.push(Entry {
                         at: entry.at,
-                        action,
+                        action: to_peer(message.to_vec()),
                     });
                 }
             }

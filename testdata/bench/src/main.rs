@@ -142,12 +142,6 @@ impl Plan {
         }
     }
 
-    /// The quick plan, for the report's unit tests.
-    #[cfg(test)]
-    pub fn quick_for_tests() -> Self {
-        Plan::quick()
-    }
-
     fn quick() -> Self {
         Plan {
             quick: true,

@@ -628,7 +628,7 @@ mod tests {
     fn plan() -> Plan {
         Plan {
             large: vec![(1024, 1), (10 * 1024 * 1024, 1)],
-            ..Plan::quick_for_tests()
+            ..Plan::quick()
         }
     }
 
